@@ -1,0 +1,744 @@
+//! The compiled [`RouteTable`] and its lookup.
+//!
+//! A table holds one [`Bind`] per listening socket. A bind holds the
+//! listeners that share the socket; a listener holds host groups; a host
+//! group holds a `matchit` radix over paths whose every node carries the
+//! complete, precedence-ordered list of match candidates that can apply to a
+//! request landing on that node. Lookup is therefore: pick the listener by
+//! host (listener isolation), walk host groups from most to least specific,
+//! one radix lookup per group, then a linear scan evaluating only
+//! method/header/query conditions (and regex paths).
+//!
+//! Putting every less specific prefix into each node's list is what makes the
+//! "most specific node fails its conditions" case correct: route A
+//! `PathPrefix /foo` + header `x: 1` and route B `PathPrefix /` both sit in the
+//! `/foo/{*rest}` node, A first, so `/foo/bar` without the header reaches B.
+
+use std::borrow::Cow;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+
+use crate::backend::{BackendGroup, BackendTarget, Endpoints, ServiceRef};
+use crate::filter::Filter;
+use crate::host::{HostPattern, normalize_host};
+use crate::path::{PathMatch, prefix_matches};
+
+/// Identifies a listening socket: a port, optionally dedicated to one
+/// Gateway (`namespace/name`). `gateway: None` is shared by every Gateway
+/// listener and Ingress on that port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindKey {
+    /// `namespace/name` of the Gateway owning the socket, if dedicated.
+    pub gateway: Option<Arc<str>>,
+    /// The listener port.
+    pub port: u16,
+}
+
+/// Listener protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain HTTP (HTTP/1.1 and h2c).
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+/// Which precedence rules order the candidates of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precedence {
+    /// Gateway API: Exact > longest prefix > regex, then method, headers,
+    /// query params, oldest route, `namespace/name`, rule order.
+    GatewayApi,
+    /// Ingress: longest path, then Exact over Prefix, then oldest Ingress,
+    /// `namespace/name`, rule order.
+    Ingress,
+}
+
+/// The object a rule came from, for logs and diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteRef {
+    /// `HTTPRoute` or `Ingress`.
+    pub kind: &'static str,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What a matched rule does.
+#[derive(Debug)]
+pub struct Rule {
+    /// The route this rule belongs to.
+    pub route: Arc<RouteRef>,
+    /// Index of the rule in the route.
+    pub index: usize,
+    /// Rule-level filters, in order.
+    pub filters: Arc<[Filter]>,
+    /// Weighted backends. Empty with no redirect filter answers 500.
+    pub backends: BackendGroup,
+    /// `timeouts.request`; `None` means the proxy default, zero disables.
+    pub request_timeout: Option<Duration>,
+    /// `timeouts.backendRequest`.
+    pub backend_timeout: Option<Duration>,
+}
+
+/// Header value / query value comparison.
+#[derive(Clone, Debug)]
+pub enum ValueMatch {
+    /// Exact, case-sensitive.
+    Exact(String),
+    /// Full match of a regular expression.
+    Regex(Regex),
+}
+
+/// A header condition (name compared case-insensitively).
+#[derive(Clone, Debug)]
+pub struct HeaderMatch {
+    /// Header name.
+    pub name: HeaderName,
+    /// Value condition; any of the header's values may satisfy it.
+    pub value: ValueMatch,
+}
+
+/// A query parameter condition (name compared case-sensitively against the
+/// first occurrence).
+#[derive(Clone, Debug)]
+pub struct QueryMatch {
+    /// Parameter name.
+    pub name: String,
+    /// Value condition.
+    pub value: ValueMatch,
+}
+
+/// The non-path conditions of a match, all of which must hold.
+#[derive(Clone, Debug, Default)]
+pub struct Conditions {
+    /// Required method.
+    pub method: Option<Method>,
+    /// Required headers.
+    pub headers: Vec<HeaderMatch>,
+    /// Required query parameters.
+    pub query: Vec<QueryMatch>,
+}
+
+/// A listener to compile.
+#[derive(Clone, Debug)]
+pub struct ListenerInput {
+    /// The socket it is served on.
+    pub bind: BindKey,
+    /// `namespace/gateway/listener` (or `ingress` for the Ingress listener).
+    pub name: Arc<str>,
+    /// Listener hostname.
+    pub hostname: HostPattern,
+    /// Listener port (used by redirects).
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Precedence rules for its routes.
+    pub precedence: Precedence,
+    /// Tie-break between listeners of equal hostname on one socket; lower
+    /// wins.
+    pub order: u32,
+}
+
+/// One match of a rule.
+#[derive(Clone, Debug)]
+pub struct MatchInput {
+    /// Path condition.
+    pub path: PathMatch,
+    /// Other conditions.
+    pub conditions: Conditions,
+}
+
+/// One rule of a route attached to a listener.
+#[derive(Clone, Debug)]
+pub struct RuleInput {
+    /// The compiled rule.
+    pub rule: Arc<Rule>,
+    /// Its matches (OR'ed). Must not be empty: use `PathPrefix /`.
+    pub matches: Vec<MatchInput>,
+}
+
+/// A route attached to one listener.
+#[derive(Clone, Debug)]
+pub struct RouteInput {
+    /// Index into [`TableInput::listeners`].
+    pub listener: usize,
+    /// Route identity.
+    pub route: Arc<RouteRef>,
+    /// Creation timestamp (seconds), older routes win ties.
+    pub created: i64,
+    /// Hostnames already intersected with the listener's; empty means the
+    /// listener's own hostname.
+    pub hostnames: Vec<HostPattern>,
+    /// Rules.
+    pub rules: Vec<RuleInput>,
+    /// Fallback routes (an Ingress `defaultBackend`) sort after all others.
+    pub fallback: bool,
+}
+
+/// Everything [`RouteTable::compile`] needs.
+#[derive(Clone, Debug, Default)]
+pub struct TableInput {
+    /// Listeners.
+    pub listeners: Vec<ListenerInput>,
+    /// Routes.
+    pub routes: Vec<RouteInput>,
+    /// Services referenced by [`crate::BackendId`].
+    pub services: Vec<ServiceRef>,
+}
+
+/// The compiled, immutable routing table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Monotonic generation of the config this table was compiled from.
+    pub generation: u64,
+    binds: BTreeMap<BindKey, Bind>,
+    services: Arc<[ServiceRef]>,
+}
+
+/// What the proxy reads per request: routes and endpoints, swapped together
+/// through one pointer, but rebuilt independently.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The route table.
+    pub routes: Arc<RouteTable>,
+    /// Endpoints aligned with `routes.services()`.
+    pub endpoints: Arc<Endpoints>,
+}
+
+/// The listeners sharing one socket.
+#[derive(Debug)]
+pub struct Bind {
+    /// The socket key.
+    pub key: BindKey,
+    listeners: Vec<Listener>,
+    exact: HashMap<String, usize>,
+}
+
+/// A compiled listener.
+#[derive(Debug)]
+pub struct Listener {
+    /// `namespace/gateway/listener`.
+    pub name: Arc<str>,
+    /// Hostname.
+    pub hostname: HostPattern,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    order: u32,
+    hosts: HostRoutes,
+}
+
+/// The request fields routing looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    /// Host or `:authority` as received (port and case are ignored).
+    pub authority: &'a str,
+    /// Path without query.
+    pub path: &'a str,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// Method.
+    pub method: &'a Method,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A successful lookup.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteMatch<'a> {
+    /// The listener that took the request.
+    pub listener: &'a Listener,
+    /// The matched rule.
+    pub rule: &'a Arc<Rule>,
+    /// The PathPrefix that matched (no trailing slash), for
+    /// `ReplacePrefixMatch`.
+    pub matched_prefix: Option<&'a str>,
+}
+
+/// Why a lookup found nothing (both answer 404).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No listener hostname matches the Host.
+    NoListener,
+    /// The listener has no rule matching the request.
+    NoMatch,
+}
+
+#[derive(Debug, Default)]
+struct HostRoutes {
+    exact: HashMap<String, usize>,
+    wildcards: Vec<(HostPattern, usize)>,
+    any: Option<usize>,
+    groups: Vec<PathRouter>,
+}
+
+#[derive(Debug)]
+struct PathRouter {
+    host: HostPattern,
+    router: matchit::Router<usize>,
+    nodes: Vec<Box<[Arc<Candidate>]>>,
+    /// Candidates for requests that land on no node (regex paths only).
+    fallback: Box<[Arc<Candidate>]>,
+    /// All candidates in precedence order, for `describe`.
+    all: Vec<Arc<Candidate>>,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    path: PathMatch,
+    /// Length of the path value as written (precedence counts characters).
+    path_len: usize,
+    conditions: Conditions,
+    rule: Arc<Rule>,
+    created: i64,
+    fallback: bool,
+    match_index: usize,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// Compiles a table. Pure and deterministic for a given input.
+    pub fn compile(input: TableInput, generation: u64) -> Self {
+        let mut per_listener: Vec<Vec<&RouteInput>> = vec![Vec::new(); input.listeners.len()];
+        for r in &input.routes {
+            if let Some(v) = per_listener.get_mut(r.listener) {
+                v.push(r);
+            }
+        }
+        let mut binds: BTreeMap<BindKey, Vec<Listener>> = BTreeMap::new();
+        for (l, routes) in input.listeners.iter().zip(per_listener) {
+            let listener = Listener {
+                name: l.name.clone(),
+                hostname: l.hostname.clone(),
+                port: l.port,
+                protocol: l.protocol,
+                order: l.order,
+                hosts: HostRoutes::build(l, &routes),
+            };
+            binds.entry(l.bind.clone()).or_default().push(listener);
+        }
+        let binds = binds.into_iter().map(|(key, ls)| (key.clone(), Bind::new(key, ls))).collect();
+        Self { generation, binds, services: input.services.into() }
+    }
+
+    /// The bind for a socket key.
+    pub fn bind(&self, key: &BindKey) -> Option<&Bind> {
+        self.binds.get(key)
+    }
+
+    /// Every socket this table wants.
+    pub fn bind_keys(&self) -> impl Iterator<Item = &BindKey> {
+        self.binds.keys()
+    }
+
+    /// Services referenced by backends, indexed by [`crate::BackendId`].
+    pub fn services(&self) -> &Arc<[ServiceRef]> {
+        &self.services
+    }
+
+    /// Human-readable dump of the compiled routes (`sluice check`).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (key, bind) in &self.binds {
+            let gw = key.gateway.as_deref().unwrap_or("*");
+            let _ = writeln!(out, "port {} (gateway {gw})", key.port);
+            for l in &bind.listeners {
+                let proto = match l.protocol {
+                    Protocol::Http => "HTTP",
+                    Protocol::Https => "HTTPS",
+                };
+                let _ = writeln!(out, "  listener {} hostname={} protocol={proto}", l.name, l.hostname);
+                for g in &l.hosts.groups {
+                    let _ = writeln!(out, "    host {}", g.host);
+                    for c in &g.all {
+                        let _ = writeln!(out, "      {}", c.describe(&self.services));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of match candidates across all listeners (a size measure).
+    pub fn candidate_count(&self) -> usize {
+        self.binds
+            .values()
+            .flat_map(|b| &b.listeners)
+            .flat_map(|l| &l.hosts.groups)
+            .map(|g| g.all.len())
+            .sum()
+    }
+}
+
+// === impl Bind ===
+
+impl Bind {
+    fn new(key: BindKey, mut listeners: Vec<Listener>) -> Self {
+        listeners.sort_by(|a, b| {
+            b.hostname.specificity().cmp(&a.hostname.specificity()).then(a.order.cmp(&b.order))
+        });
+        let mut exact = HashMap::new();
+        for (i, l) in listeners.iter().enumerate() {
+            if let HostPattern::Exact(h) = &l.hostname {
+                exact.entry(h.clone()).or_insert(i);
+            }
+        }
+        Self { key, listeners, exact }
+    }
+
+    /// The listeners on this socket, most specific hostname first.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// Selects the listener for `host` (lowercase, no port): exact, then the
+    /// most specific wildcard, then the empty hostname.
+    pub fn select_listener(&self, host: &str) -> Option<&Listener> {
+        if let Some(&i) = self.exact.get(host) {
+            return self.listeners.get(i);
+        }
+        self.listeners.iter().find(|l| !matches!(l.hostname, HostPattern::Exact(_)) && l.hostname.matches(host))
+    }
+
+    /// Routes a request: listener isolation, then host groups from most to
+    /// least specific, then match precedence.
+    pub fn lookup<'a>(&'a self, req: &RequestParts<'_>) -> Result<RouteMatch<'a>, NoRoute> {
+        let host = normalize_host(req.authority);
+        let listener = self.select_listener(&host).ok_or(NoRoute::NoListener)?;
+        listener.lookup(&host, req).ok_or(NoRoute::NoMatch)
+    }
+}
+
+// === impl Listener ===
+
+impl Listener {
+    fn lookup<'a>(&'a self, host: &str, req: &RequestParts<'_>) -> Option<RouteMatch<'a>> {
+        let hosts = &self.hosts;
+        let found = |gi: usize| hosts.groups.get(gi).and_then(|g| g.lookup(req));
+        let exact = hosts.exact.get(host).and_then(|&gi| found(gi));
+        let c = exact
+            .or_else(|| hosts.wildcards.iter().filter(|(p, _)| p.matches(host)).find_map(|&(_, gi)| found(gi)))
+            .or_else(|| hosts.any.and_then(found))?;
+        let matched_prefix = match &c.path {
+            PathMatch::Prefix(p) => Some(p.as_str()),
+            _ => None,
+        };
+        Some(RouteMatch { listener: self, rule: &c.rule, matched_prefix })
+    }
+}
+
+// === impl HostRoutes ===
+
+impl HostRoutes {
+    fn build(listener: &ListenerInput, routes: &[&RouteInput]) -> Self {
+        let mut by_host: BTreeMap<HostKey, Vec<Arc<Candidate>>> = BTreeMap::new();
+        for r in routes {
+            let candidates: Vec<Arc<Candidate>> = r
+                .rules
+                .iter()
+                .flat_map(|rule| {
+                    rule.matches.iter().enumerate().map(|(mi, m)| {
+                        Arc::new(Candidate {
+                            path_len: match &m.path {
+                                PathMatch::Exact(p) => p.len(),
+                                PathMatch::Prefix(p) => p.len().max(1),
+                                PathMatch::Regex(re) => re.as_str().len(),
+                            },
+                            path: m.path.clone(),
+                            conditions: m.conditions.clone(),
+                            rule: rule.rule.clone(),
+                            created: r.created,
+                            fallback: r.fallback,
+                            match_index: mi,
+                        })
+                    })
+                })
+                .collect();
+            let hosts: Vec<HostPattern> =
+                if r.hostnames.is_empty() { vec![listener.hostname.clone()] } else { r.hostnames.clone() };
+            for h in hosts {
+                by_host.entry(HostKey(h)).or_default().extend(candidates.iter().cloned());
+            }
+        }
+        let mut out = Self::default();
+        let mut wildcards = Vec::new();
+        for (HostKey(host), mut cands) in by_host {
+            cands.sort_by(|a, b| Candidate::precedence(listener.precedence, a, b));
+            let gi = out.groups.len();
+            match &host {
+                HostPattern::Exact(h) => {
+                    out.exact.insert(h.clone(), gi);
+                }
+                HostPattern::Wildcard { .. } => wildcards.push((host.clone(), gi)),
+                HostPattern::Any => out.any = Some(gi),
+            }
+            out.groups.push(PathRouter::build(host, cands));
+        }
+        wildcards.sort_by_key(|(h, _)| Reverse(h.specificity()));
+        out.wildcards = wildcards;
+        out
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct HostKey(HostPattern);
+
+impl Ord for HostKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.to_string().cmp(&other.0.to_string())
+    }
+}
+
+impl PartialOrd for HostKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+// === impl PathRouter ===
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    /// A request path equal to this string.
+    Static(String),
+    /// Any request path `P/…` with a non-empty rest (P has no trailing `/`).
+    CatchAll(String),
+}
+
+impl PathRouter {
+    fn build(host: HostPattern, all: Vec<Arc<Candidate>>) -> Self {
+        let mut keys = std::collections::BTreeSet::new();
+        for c in &all {
+            match &c.path {
+                PathMatch::Exact(p) => {
+                    keys.insert(Node::Static(p.clone()));
+                }
+                PathMatch::Prefix(p) => {
+                    if !p.is_empty() {
+                        keys.insert(Node::Static(p.clone()));
+                    }
+                    keys.insert(Node::Static(format!("{p}/")));
+                    keys.insert(Node::CatchAll(p.clone()));
+                }
+                PathMatch::Regex(_) => {}
+            }
+        }
+        let mut router = matchit::Router::new();
+        let mut nodes = Vec::with_capacity(keys.len());
+        for node in keys {
+            let list: Box<[Arc<Candidate>]> = all.iter().filter(|c| c.applies_to(&node)).cloned().collect();
+            let route = match &node {
+                Node::Static(s) => escape(s),
+                Node::CatchAll(p) => format!("{}/{{*rest}}", escape(p)),
+            };
+            // Paths that matchit cannot express (e.g. not starting with '/')
+            // are still served: their candidates sit in the fallback scan.
+            if router.insert(route, nodes.len()).is_ok() {
+                nodes.push(list);
+            }
+        }
+        let fallback = all
+            .iter()
+            .filter(|c| match &c.path {
+                PathMatch::Regex(_) => true,
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => !p.is_empty() && !p.starts_with('/'),
+            })
+            .cloned()
+            .collect();
+        Self { host, router, nodes, fallback, all }
+    }
+
+    fn lookup(&self, req: &RequestParts<'_>) -> Option<&Arc<Candidate>> {
+        let list: &[Arc<Candidate>] = match self.router.at(req.path) {
+            Ok(m) => self.nodes.get(*m.value).map_or(&[][..], |l| &l[..]),
+            Err(_) => &self.fallback,
+        };
+        list.iter().find(|c| c.matches(req))
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('{', "{{").replace('}', "}}")
+}
+
+// === impl Candidate ===
+
+impl Candidate {
+    /// Whether this candidate belongs in the list of `node`. Regex
+    /// candidates belong everywhere and are checked per request.
+    fn applies_to(&self, node: &Node) -> bool {
+        match (&self.path, node) {
+            (PathMatch::Regex(_), _) => true,
+            (PathMatch::Exact(p), Node::Static(s)) => p == s,
+            (PathMatch::Exact(_), Node::CatchAll(_)) => false,
+            (PathMatch::Prefix(p), Node::Static(s)) => prefix_matches(p, s),
+            // `P/x` matches prefix p iff p is an element-ancestor of P (or P).
+            (PathMatch::Prefix(p), Node::CatchAll(base)) => prefix_matches(p, base) || p.is_empty(),
+        }
+    }
+
+    fn matches(&self, req: &RequestParts<'_>) -> bool {
+        if let PathMatch::Regex(re) = &self.path {
+            if !re.is_match(req.path) {
+                return false;
+            }
+        }
+        let c = &self.conditions;
+        if let Some(m) = &c.method {
+            if m != req.method {
+                return false;
+            }
+        }
+        for h in &c.headers {
+            let ok = req.headers.get_all(&h.name).iter().any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)));
+            if !ok {
+                return false;
+            }
+        }
+        for q in &c.query {
+            let ok = query_param(req.query, &q.name).is_some_and(|v| q.value.matches(&v));
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn precedence(style: Precedence, a: &Self, b: &Self) -> Ordering {
+        let kind = |c: &Self| match c.path {
+            PathMatch::Exact(_) => 0u8,
+            PathMatch::Prefix(_) => 1,
+            PathMatch::Regex(_) => 2,
+        };
+        let head = a.fallback.cmp(&b.fallback);
+        let path = match style {
+            Precedence::GatewayApi => kind(a)
+                .cmp(&kind(b))
+                .then(b.path_len.cmp(&a.path_len))
+                .then(b.conditions.method.is_some().cmp(&a.conditions.method.is_some()))
+                .then(b.conditions.headers.len().cmp(&a.conditions.headers.len()))
+                .then(b.conditions.query.len().cmp(&a.conditions.query.len())),
+            Precedence::Ingress => (kind(a) == 2)
+                .cmp(&(kind(b) == 2))
+                .then(b.path_len.cmp(&a.path_len))
+                .then(kind(a).cmp(&kind(b))),
+        };
+        head.then(path)
+            .then(a.created.cmp(&b.created))
+            .then_with(|| (&a.rule.route.namespace, &a.rule.route.name).cmp(&(&b.rule.route.namespace, &b.rule.route.name)))
+            .then(a.rule.index.cmp(&b.rule.index))
+            .then(a.match_index.cmp(&b.match_index))
+    }
+
+    fn describe(&self, services: &[ServiceRef]) -> String {
+        let mut s = match &self.path {
+            PathMatch::Exact(p) => format!("Exact {p}"),
+            PathMatch::Prefix(p) => format!("PathPrefix {}", if p.is_empty() { "/" } else { p }),
+            PathMatch::Regex(re) => format!("RegularExpression {}", re.as_str()),
+        };
+        if let Some(m) = &self.conditions.method {
+            let _ = write!(s, " method={m}");
+        }
+        for h in &self.conditions.headers {
+            let _ = write!(s, " header:{}{}", h.name, h.value);
+        }
+        for q in &self.conditions.query {
+            let _ = write!(s, " query:{}{}", q.name, q.value);
+        }
+        let r = &self.rule;
+        let _ = write!(s, " -> {} {}/{} rule {}", r.route.kind, r.route.namespace, r.route.name, r.index);
+        if r.filters.iter().any(|f| matches!(f, Filter::Redirect(_))) {
+            s.push_str(" redirect");
+        }
+        let backends: Vec<String> = r
+            .backends
+            .backends()
+            .iter()
+            .map(|b| match &b.target {
+                BackendTarget::Service(id) => match services.get(id.0 as usize) {
+                    Some(svc) => format!("{svc} weight={}", b.weight),
+                    None => format!("? weight={}", b.weight),
+                },
+                BackendTarget::Invalid => format!("invalid(500) weight={}", b.weight),
+            })
+            .collect();
+        if !backends.is_empty() {
+            let _ = write!(s, " => {}", backends.join(", "));
+        }
+        s
+    }
+}
+
+// === impl ValueMatch ===
+
+impl ValueMatch {
+    /// A regex value match, anchored to the whole value.
+    pub fn regex(re: &str) -> Result<Self, regex::Error> {
+        Regex::new(&format!("^(?:{re})$")).map(Self::Regex)
+    }
+
+    /// Whether `v` satisfies the condition.
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            Self::Exact(e) => e == v,
+            Self::Regex(re) => re.is_match(v),
+        }
+    }
+}
+
+impl fmt::Display for ValueMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(v) => write!(f, "={v}"),
+            Self::Regex(re) => write!(f, "~{}", re.as_str()),
+        }
+    }
+}
+
+/// First value of query parameter `name` (percent-decoded when needed).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k) == name).then(|| decode(v))
+    })
+}
+
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests;
