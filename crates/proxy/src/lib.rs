@@ -1,1 +1,1 @@
-
+//! Sluice's data plane (being written).
