@@ -8,6 +8,7 @@
 //! pointer. Start reading at [`table`].
 
 pub mod backend;
+pub mod duration;
 pub mod filter;
 pub mod host;
 pub mod path;

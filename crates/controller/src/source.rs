@@ -1,0 +1,3 @@
+//! Config sources. Standalone mode reads manifests from files.
+
+pub mod file;

@@ -1,0 +1,86 @@
+//! Kubernetes objects → [`TableInput`] + [`Report`].
+//!
+//! One function, [`translate`], used by every source. Gateway API semantics
+//! live in `translate/gateway.rs`, Ingress in `translate/ingress.rs`,
+//! backendRef resolution (ReferenceGrant, Service ports) in
+//! `translate/backend.rs`.
+
+mod backend;
+mod gateway;
+mod ingress;
+
+use std::collections::BTreeMap;
+
+use sluice_model::{BackendId, ServiceRef, TableInput};
+
+use crate::objects::Objects;
+use crate::report::Report;
+
+/// Translation settings (static config).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// GatewayClass `controllerName` Sluice reconciles.
+    pub gateway_controller: String,
+    /// IngressClass `spec.controller` Sluice reconciles.
+    pub ingress_controller: String,
+    /// Give every Gateway its own sockets (`BindKey.gateway = Some`). When
+    /// false, all Gateway listeners and Ingresses on a port share one
+    /// socket, as they share one LoadBalancer Service in a cluster.
+    pub isolate_gateways: bool,
+}
+
+/// The result of translation.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// Input for [`sluice_model::RouteTable::compile`].
+    pub input: TableInput,
+    /// Conditions and diagnostics.
+    pub report: Report,
+}
+
+/// Interns Service ports into [`BackendId`]s.
+#[derive(Debug, Default)]
+struct Services {
+    ids: BTreeMap<ServiceRef, BackendId>,
+    list: Vec<ServiceRef>,
+}
+
+// === impl Options ===
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gateway_controller: crate::GATEWAY_CONTROLLER.to_string(),
+            ingress_controller: crate::INGRESS_CONTROLLER.to_string(),
+            isolate_gateways: false,
+        }
+    }
+}
+
+// === impl Services ===
+
+impl Services {
+    fn intern(&mut self, svc: ServiceRef) -> BackendId {
+        if let Some(id) = self.ids.get(&svc) {
+            return *id;
+        }
+        let id = BackendId(u32::try_from(self.list.len()).unwrap_or(u32::MAX));
+        self.ids.insert(svc.clone(), id);
+        self.list.push(svc);
+        id
+    }
+}
+
+/// Translates the desired state into a table input and a report.
+pub fn translate(objects: &Objects, options: &Options) -> Translation {
+    let mut report = Report::default();
+    let mut input = TableInput::default();
+    let mut services = Services::default();
+    gateway::translate(objects, options, &mut input, &mut services, &mut report);
+    ingress::translate(objects, options, &mut input, &mut services, &mut report);
+    input.services = services.list;
+    Translation { input, report }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! Ingress v1 + IngressClass.
+//!
+//! All Ingresses Sluice owns share one listener per port (80), with Ingress
+//! precedence (longest path, then Exact over Prefix) and single-label
+//! wildcards. `pathType: ImplementationSpecific` is treated exactly like
+//! `Prefix` (element-wise prefix match), as ingress-nginx does without its
+//! regex annotation. A `defaultBackend` catches what no rule matches.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use sluice_model::{
+    BackendGroup, BackendTarget, BindKey, Conditions, HostPattern, ListenerInput, MatchInput, PathMatch, Precedence,
+    Protocol, RouteInput, RouteRef, Rule, RuleInput, TableInput, WeightedBackend,
+};
+
+use super::backend::{self, Unresolved};
+use super::{Options, Services};
+use crate::endpoints::find_service;
+use crate::objects::{Objects, created, name, namespace};
+use crate::report::{Report, Severity};
+
+/// Annotation marking the default IngressClass.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// Deprecated class annotation that controllers still honour.
+pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// Port Ingress HTTP traffic is served on.
+pub const HTTP_PORT: u16 = 80;
+
+pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableInput, services: &mut Services, report: &mut Report) {
+    let ours: BTreeSet<&str> = objects
+        .ingress_classes
+        .iter()
+        .filter(|c| c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(options.ingress_controller.as_str()))
+        .map(|c| name(&c.metadata))
+        .collect();
+    let default_is_ours = objects
+        .ingress_classes
+        .iter()
+        .filter(|c| c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true"))
+        .any(|c| ours.contains(name(&c.metadata)));
+    let mut ingresses: Vec<&Ingress> = objects
+        .ingresses
+        .iter()
+        .filter(|i| {
+            let class = i.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
+            let annotation = i.metadata.annotations.as_ref().and_then(|a| a.get(CLASS_ANNOTATION)).map(String::as_str);
+            match class.or(annotation) {
+                Some(c) => ours.contains(c),
+                None => default_is_ours,
+            }
+        })
+        .collect();
+    if ingresses.is_empty() {
+        return;
+    }
+    ingresses.sort_by_key(|i| (created(&i.metadata), namespace(&i.metadata).to_string(), name(&i.metadata).to_string()));
+    let listener = input.listeners.len();
+    input.listeners.push(ListenerInput {
+        bind: BindKey { gateway: None, port: HTTP_PORT },
+        name: "ingress/http".into(),
+        hostname: HostPattern::Any,
+        port: HTTP_PORT,
+        protocol: Protocol::Http,
+        precedence: Precedence::Ingress,
+        // Gateway listeners with an equal hostname on a shared port win.
+        order: u32::MAX,
+    });
+    for ing in ingresses {
+        translate_one(ing, listener, objects, input, services, report);
+    }
+}
+
+fn translate_one(ing: &Ingress, listener: usize, objects: &Objects, input: &mut TableInput, services: &mut Services, report: &mut Report) {
+    let (ns, iname) = (namespace(&ing.metadata), name(&ing.metadata));
+    let object = format!("Ingress {ns}/{iname}");
+    let route = Arc::new(RouteRef { kind: "Ingress", namespace: ns.to_string(), name: iname.to_string() });
+    let Some(spec) = ing.spec.as_ref() else { return };
+    let mut rule_index = 0;
+    for (ri, r) in spec.rules.iter().flatten().enumerate() {
+        let Some(http) = r.http.as_ref() else { continue };
+        let host = HostPattern::ingress(r.host.as_deref());
+        let mut rules = Vec::new();
+        for (pi, p) in http.paths.iter().enumerate() {
+            let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+            let value = p.path.as_deref().filter(|v| !v.is_empty()).unwrap_or("/");
+            let path = match p.path_type.as_str() {
+                _ if !value.starts_with('/') => {
+                    report.push(Severity::Error, &object, format!("{field}.path"), format!("path {value:?} must start with '/'"));
+                    continue;
+                }
+                "Exact" => PathMatch::Exact(value.to_string()),
+                "Prefix" | "ImplementationSpecific" => PathMatch::prefix(value),
+                other => {
+                    report.push(Severity::Error, &object, format!("{field}.pathType"), format!("unsupported pathType {other:?}"));
+                    continue;
+                }
+            };
+            let backend = resolve(&p.backend, ns, objects, services, report, &object, &format!("{field}.backend"));
+            rules.push(RuleInput { rule: rule_for(&route, rule_index, backend), matches: vec![MatchInput { path, conditions: Conditions::default() }] });
+            rule_index += 1;
+        }
+        input.routes.push(RouteInput {
+            listener,
+            route: route.clone(),
+            created: created(&ing.metadata),
+            hostnames: vec![host],
+            rules,
+            fallback: false,
+        });
+    }
+    if let Some(b) = &spec.default_backend {
+        let backend = resolve(b, ns, objects, services, report, &object, "spec.defaultBackend");
+        input.routes.push(RouteInput {
+            listener,
+            route: route.clone(),
+            created: created(&ing.metadata),
+            hostnames: vec![HostPattern::Any],
+            rules: vec![RuleInput {
+                rule: rule_for(&route, rule_index, backend),
+                matches: vec![MatchInput { path: PathMatch::prefix("/"), conditions: Conditions::default() }],
+            }],
+            fallback: true,
+        });
+    }
+}
+
+fn rule_for(route: &Arc<RouteRef>, index: usize, backend: WeightedBackend) -> Arc<Rule> {
+    Arc::new(Rule {
+        route: route.clone(),
+        index,
+        filters: Arc::new([]),
+        backends: BackendGroup::new(vec![backend]),
+        request_timeout: None,
+        backend_timeout: None,
+    })
+}
+
+fn resolve(
+    b: &IngressBackend,
+    ns: &str,
+    objects: &Objects,
+    services: &mut Services,
+    report: &mut Report,
+    object: &str,
+    field: &str,
+) -> WeightedBackend {
+    let result = match (&b.service, &b.resource) {
+        (Some(svc), _) => {
+            let port = svc.port.as_ref();
+            match find_service(objects, ns, &svc.name) {
+                None => Err(Unresolved { reason: "BackendNotFound", message: format!("Service {ns}/{} not found", svc.name) }),
+                Some(service) => {
+                    let number = match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
+                        (Some(n), _) => u16::try_from(n).ok(),
+                        (None, Some(pname)) => service
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.ports.as_ref())
+                            .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some(pname)))
+                            .and_then(|p| u16::try_from(p.port).ok()),
+                        (None, None) => None,
+                    };
+                    match number {
+                        None => Err(Unresolved { reason: "BackendNotFound", message: format!("Service {ns}/{} has no such port", svc.name) }),
+                        Some(n) => backend::check_service(service, n, ns, &svc.name).map(|()| {
+                            services.intern(sluice_model::ServiceRef { namespace: ns.to_string(), name: svc.name.clone(), port: n })
+                        }),
+                    }
+                }
+            }
+        }
+        (None, Some(r)) => Err(Unresolved { reason: "InvalidKind", message: format!("resource backend {} is not supported", r.kind) }),
+        (None, None) => Err(Unresolved { reason: "BackendNotFound", message: "backend has neither service nor resource".into() }),
+    };
+    let target = match result {
+        Ok(id) => BackendTarget::Service(id),
+        Err(u) => {
+            report.push(Severity::Warning, object, field, u.message);
+            BackendTarget::Invalid
+        }
+    };
+    WeightedBackend { target, weight: 1, filters: Arc::new([]) }
+}
