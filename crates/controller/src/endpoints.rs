@@ -133,7 +133,8 @@ endpoints: [{addresses: [10.9.9.9]}]
     #[test]
     fn only_ready_endpoints_on_the_named_slice_port() {
         let addrs = ready_addrs(&svc(8080), &objects());
-        let want: Vec<SocketAddr> = vec!["10.0.0.1:3001".parse().ok(), "10.0.0.3:3001".parse().ok()].into_iter().flatten().collect();
+        let want: Vec<SocketAddr> =
+            vec!["10.0.0.1:3001".parse().ok(), "10.0.0.3:3001".parse().ok()].into_iter().flatten().collect();
         assert_eq!(addrs, want);
     }
 

@@ -65,13 +65,13 @@ impl Objects {
         let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let api = doc.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let group = api.rsplit_once('/').map_or("", |(g, _)| g);
-        let name = doc
-            .pointer("/metadata/name")
-            .and_then(|n| n.as_str())
-            .map_or_else(|| source.to_string(), |n| {
+        let name = doc.pointer("/metadata/name").and_then(|n| n.as_str()).map_or_else(
+            || source.to_string(),
+            |n| {
                 let ns = doc.pointer("/metadata/namespace").and_then(|n| n.as_str());
                 format!("{kind} {}{n}", ns.map(|ns| format!("{ns}/")).unwrap_or_default())
-            });
+            },
+        );
         const GW: &str = "gateway.networking.k8s.io";
         match (group, kind.as_str()) {
             (GW, "GatewayClass") => push(&mut self.gateway_classes, doc, &name, report),
@@ -148,6 +148,24 @@ pub fn created(meta: &ObjectMeta) -> i64 {
     meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
 }
 
+// === impl Objects (change detection) ===
+
+impl Objects {
+    /// Whether `self` and `other` differ only in EndpointSlices, so that only
+    /// endpoints need rebuilding (the route table stays).
+    pub fn same_except_endpoints(&self, other: &Self) -> bool {
+        self.gateway_classes == other.gateway_classes
+            && self.gateways == other.gateways
+            && self.http_routes == other.http_routes
+            && self.reference_grants == other.reference_grants
+            && self.ingresses == other.ingresses
+            && self.ingress_classes == other.ingress_classes
+            && self.services == other.services
+            && self.secrets == other.secrets
+            && self.namespaces == other.namespaces
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,23 +221,5 @@ spec: {rules: [{matches: [{path: {type: Bogus, value: /a}}]}]}
         o.add_yaml("kind: [unclosed", "bad.yaml", &mut r);
         assert!(r.has_errors());
         assert_eq!(r.diagnostics[0].object, "bad.yaml");
-    }
-}
-
-// === impl Objects (change detection) ===
-
-impl Objects {
-    /// Whether `self` and `other` differ only in EndpointSlices, so that only
-    /// endpoints need rebuilding (the route table stays).
-    pub fn same_except_endpoints(&self, other: &Self) -> bool {
-        self.gateway_classes == other.gateway_classes
-            && self.gateways == other.gateways
-            && self.http_routes == other.http_routes
-            && self.reference_grants == other.reference_grants
-            && self.ingresses == other.ingresses
-            && self.ingress_classes == other.ingress_classes
-            && self.services == other.services
-            && self.secrets == other.secrets
-            && self.namespaces == other.namespaces
     }
 }

@@ -99,7 +99,13 @@ pub struct Report {
 
 impl Condition {
     /// A condition with status `True`/`False` from a bool.
-    pub fn new(type_: &'static str, ok: bool, reason: &'static str, message: impl Into<String>, generation: i64) -> Self {
+    pub fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+        generation: i64,
+    ) -> Self {
         Self {
             type_,
             status: if ok { "True" } else { "False" },
@@ -119,7 +125,13 @@ impl Report {
     }
 
     /// Adds a diagnostic.
-    pub fn push(&mut self, severity: Severity, object: impl Into<String>, field: impl Into<String>, message: impl Into<String>) {
+    pub fn push(
+        &mut self,
+        severity: Severity,
+        object: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.diagnostics.push(Diagnostic {
             severity,
             object: object.into(),
@@ -130,9 +142,7 @@ impl Report {
 
     /// Finds the status of `kind namespace/name` in `scope`.
     pub fn status(&self, kind: &str, namespace: &str, name: &str, scope: &Scope) -> Option<&ObjectStatus> {
-        self.statuses
-            .iter()
-            .find(|s| s.kind == kind && s.namespace == namespace && s.name == name && &s.scope == scope)
+        self.statuses.iter().find(|s| s.kind == kind && s.namespace == namespace && s.name == name && &s.scope == scope)
     }
 
     /// Finds a condition of `kind namespace/name` in `scope`.
@@ -161,7 +171,9 @@ impl fmt::Display for ObjectStatus {
         write!(f, "{} {ns}{}", self.kind, self.name)?;
         match &self.scope {
             Scope::Object => {}
-            Scope::Listener { name, attached_routes, .. } => write!(f, " listener {name} (attachedRoutes {attached_routes})")?,
+            Scope::Listener { name, attached_routes, .. } => {
+                write!(f, " listener {name} (attachedRoutes {attached_routes})")?
+            }
             Scope::Parent { gateway, section, port } => {
                 write!(f, " parent {gateway}")?;
                 if let Some(s) = section {

@@ -1,8 +1,8 @@
 //! Gateway API HTTPRoute filters, precompiled: header names and values are
 //! parsed once at compile time, never per request.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::path::replace_prefix;
 
@@ -157,13 +157,7 @@ mod tests {
     use super::*;
 
     fn redirect(scheme: Option<&str>, port: Option<u16>) -> Redirect {
-        Redirect {
-            scheme: scheme.map(str::to_string),
-            hostname: None,
-            port,
-            path: None,
-            status: StatusCode::FOUND,
-        }
+        Redirect { scheme: scheme.map(str::to_string), hostname: None, port, path: None, status: StatusCode::FOUND }
     }
 
     #[test]

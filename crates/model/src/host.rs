@@ -108,14 +108,15 @@ impl fmt::Display for HostPattern {
 /// Normalizes a Host header or `:authority` for matching: drops the port,
 /// a trailing dot, and lowercases (borrowing when already lowercase).
 pub fn normalize_host(authority: &str) -> Cow<'_, str> {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content.
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) { h } else { authority }
-        })
-    };
+    let host =
+        if let Some(rest) = authority.strip_prefix('[') {
+            // IPv6 literal: keep the brackets' content.
+            rest.split(']').next().unwrap_or(rest)
+        } else {
+            authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
+        };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())

@@ -19,7 +19,6 @@ pub use filter::{Filter, HeaderModifier, PathModifier, Redirect, Rewrite};
 pub use host::HostPattern;
 pub use path::PathMatch;
 pub use table::{
-    Bind, BindKey, Conditions, HeaderMatch, ListenerInput, MatchInput, NoRoute, Precedence, Protocol,
-    QueryMatch, RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot,
-    TableInput, ValueMatch,
+    Bind, BindKey, Conditions, HeaderMatch, ListenerInput, MatchInput, NoRoute, Precedence, Protocol, QueryMatch,
+    RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot, TableInput, ValueMatch,
 };

@@ -371,12 +371,7 @@ impl RouteTable {
 
     /// Number of match candidates across all listeners (a size measure).
     pub fn candidate_count(&self) -> usize {
-        self.binds
-            .values()
-            .flat_map(|b| &b.listeners)
-            .flat_map(|l| &l.hosts.groups)
-            .map(|g| g.all.len())
-            .sum()
+        self.binds.values().flat_map(|b| &b.listeners).flat_map(|l| &l.hosts.groups).map(|g| g.all.len()).sum()
     }
 }
 
@@ -384,9 +379,7 @@ impl RouteTable {
 
 impl Bind {
     fn new(key: BindKey, mut listeners: Vec<Listener>) -> Self {
-        listeners.sort_by(|a, b| {
-            b.hostname.specificity().cmp(&a.hostname.specificity()).then(a.order.cmp(&b.order))
-        });
+        listeners.sort_by(|a, b| b.hostname.specificity().cmp(&a.hostname.specificity()).then(a.order.cmp(&b.order)));
         let mut exact = HashMap::new();
         for (i, l) in listeners.iter().enumerate() {
             if let HostPattern::Exact(h) = &l.hostname {
@@ -588,16 +581,16 @@ impl Candidate {
     }
 
     fn matches(&self, req: &RequestParts<'_>) -> bool {
-        if let PathMatch::Regex(re) = &self.path {
-            if !re.is_match(req.path) {
-                return false;
-            }
+        if let PathMatch::Regex(re) = &self.path
+            && !re.is_match(req.path)
+        {
+            return false;
         }
         let c = &self.conditions;
-        if let Some(m) = &c.method {
-            if m != req.method {
-                return false;
-            }
+        if let Some(m) = &c.method
+            && m != req.method
+        {
+            return false;
         }
         for h in &c.headers {
             let ok = req.headers.get_all(&h.name).iter().any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)));
@@ -628,14 +621,15 @@ impl Candidate {
                 .then(b.conditions.method.is_some().cmp(&a.conditions.method.is_some()))
                 .then(b.conditions.headers.len().cmp(&a.conditions.headers.len()))
                 .then(b.conditions.query.len().cmp(&a.conditions.query.len())),
-            Precedence::Ingress => (kind(a) == 2)
-                .cmp(&(kind(b) == 2))
-                .then(b.path_len.cmp(&a.path_len))
-                .then(kind(a).cmp(&kind(b))),
+            Precedence::Ingress => {
+                (kind(a) == 2).cmp(&(kind(b) == 2)).then(b.path_len.cmp(&a.path_len)).then(kind(a).cmp(&kind(b)))
+            }
         };
         head.then(path)
             .then(a.created.cmp(&b.created))
-            .then_with(|| (&a.rule.route.namespace, &a.rule.route.name).cmp(&(&b.rule.route.namespace, &b.rule.route.name)))
+            .then_with(|| {
+                (&a.rule.route.namespace, &a.rule.route.name).cmp(&(&b.rule.route.namespace, &b.rule.route.name))
+            })
             .then(a.rule.index.cmp(&b.rule.index))
             .then(a.match_index.cmp(&b.match_index))
     }

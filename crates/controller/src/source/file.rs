@@ -65,12 +65,16 @@ fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Watches `path` and calls `on_change` after any change under it. Keep the
 /// returned watcher alive for as long as changes matter.
 pub fn watch(path: &Path, on_change: impl Fn() + Send + 'static) -> notify::Result<RecommendedWatcher> {
-    let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                on_change();
-            }
+        if let Ok(ev) = res
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+        {
+            on_change();
         }
     })?;
     watcher.watch(&dir, RecursiveMode::Recursive)?;
@@ -87,7 +91,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sub"))?;
         std::fs::create_dir_all(dir.join("..data"))?;
-        let svc = |n: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{ports: [{{port: 80}}]}}\n");
+        let svc = |n: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{ports: [{{port: 80}}]}}\n")
+        };
         std::fs::write(dir.join("a.yaml"), svc("a"))?;
         std::fs::write(dir.join("sub/b.yml"), svc("b"))?;
         std::fs::write(dir.join("..data/c.yaml"), svc("c"))?;

@@ -61,7 +61,10 @@ fn service_ref(r: &Ref<'_>, from: &From<'_>, objects: &Objects) -> Result<Servic
     if ns != from.namespace && !granted(objects, from, ns, "", "Service", r.name) {
         return Err(Unresolved {
             reason: "RefNotPermitted",
-            message: format!("backendRef {ns}/{}: no ReferenceGrant in {ns} allows {} from {}", r.name, from.kind, from.namespace),
+            message: format!(
+                "backendRef {ns}/{}: no ReferenceGrant in {ns} allows {} from {}",
+                r.name, from.kind, from.namespace
+            ),
         });
     }
     let Some(service) = find_service(objects, ns, r.name) else {
@@ -86,16 +89,27 @@ pub(super) fn check_service(service: &Service, port: u16, ns: &str, svc: &str) -
         });
     }
     if service_port(service, port).is_none() {
-        return Err(Unresolved { reason: "BackendNotFound", message: format!("Service {ns}/{svc} has no port {port}") });
+        return Err(Unresolved {
+            reason: "BackendNotFound",
+            message: format!("Service {ns}/{svc} has no port {port}"),
+        });
     }
     Ok(())
 }
 
 /// Whether a ReferenceGrant in `to_ns` lets `from` refer to `to_group/to_kind`
 /// named `to_name`.
-pub(super) fn granted(objects: &Objects, from: &From<'_>, to_ns: &str, to_group: &str, to_kind: &str, to_name: &str) -> bool {
+pub(super) fn granted(
+    objects: &Objects,
+    from: &From<'_>,
+    to_ns: &str,
+    to_group: &str,
+    to_kind: &str,
+    to_name: &str,
+) -> bool {
     objects.reference_grants.iter().filter(|g| namespace(&g.metadata) == to_ns).any(|g| {
-        let from_ok = g.spec.from.iter().any(|f| f.group == from.group && f.kind == from.kind && f.namespace == from.namespace);
+        let from_ok =
+            g.spec.from.iter().any(|f| f.group == from.group && f.kind == from.kind && f.namespace == from.namespace);
         let to_ok = g.spec.to.iter().any(|t| {
             let group_ok = t.group == to_group || (to_group.is_empty() && t.group == "core");
             group_ok && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name)

@@ -49,7 +49,13 @@ struct CompiledRoute {
     total_rules: usize,
 }
 
-pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableInput, services: &mut Services, report: &mut Report) {
+pub(super) fn translate(
+    objects: &Objects,
+    options: &Options,
+    input: &mut TableInput,
+    services: &mut Services,
+    report: &mut Report,
+) {
     let mut classes = BTreeSet::new();
     for gc in &objects.gateway_classes {
         if gc.spec.controller_name != options.gateway_controller {
@@ -61,14 +67,20 @@ pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableI
             namespace: String::new(),
             name: n.clone(),
             scope: Scope::Object,
-            conditions: vec![Condition::new("Accepted", true, "Accepted", "handled by Sluice", generation(&gc.metadata))],
+            conditions: vec![Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "handled by Sluice",
+                generation(&gc.metadata),
+            )],
         });
         classes.insert(n);
     }
 
     let mut gateways: Vec<&Gateway> =
         objects.gateways.iter().filter(|g| classes.contains(&g.spec.gateway_class_name)).collect();
-    gateways.sort_by(|a, b| order_key(&a.metadata).cmp(&order_key(&b.metadata)));
+    gateways.sort_by_key(|a| order_key(&a.metadata));
 
     let mut listeners: Vec<ListenerState<'_>> = Vec::new();
     for gw in &gateways {
@@ -76,7 +88,7 @@ pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableI
     }
 
     let mut routes: Vec<&HttpRoute> = objects.http_routes.iter().collect();
-    routes.sort_by(|a, b| order_key(&a.metadata).cmp(&order_key(&b.metadata)));
+    routes.sort_by_key(|a| order_key(&a.metadata));
     for route in routes {
         attach_route(route, objects, &mut listeners, input, services, report);
     }
@@ -84,8 +96,7 @@ pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableI
     // Listener and Gateway status, now that attachedRoutes is known.
     for gw in &gateways {
         let (gw_ns, gw_name, g) = (namespace(&gw.metadata), name(&gw.metadata), generation(&gw.metadata));
-        let own: Vec<&ListenerState<'_>> =
-            listeners.iter().filter(|l| std::ptr::eq(l.gateway, *gw)).collect();
+        let own: Vec<&ListenerState<'_>> = listeners.iter().filter(|l| std::ptr::eq(l.gateway, *gw)).collect();
         let accepted = own.iter().filter(|l| l.index.is_some()).count();
         for l in &own {
             report.statuses.push(ObjectStatus {
@@ -148,12 +159,17 @@ fn gateway_listeners<'a>(
         let mut conditions = Vec::new();
         let (kinds, bad_kinds) = supported_kinds(l);
         let protocol_conflict = protocols.get(&l.port).is_some_and(|p| p.len() > 1);
-        let hostname_conflict = hostnames.get(&(l.port, l.hostname.clone().unwrap_or_default())).is_some_and(|&n| n > 1);
+        let hostname_conflict =
+            hostnames.get(&(l.port, l.hostname.clone().unwrap_or_default())).is_some_and(|&n| n > 1);
         let port = u16::try_from(l.port).ok().filter(|&p| p > 0);
         let (accepted, reason, msg): (bool, &'static str, String) = match (l.protocol.as_str(), port) {
             (_, None) => (false, "UnsupportedValue", format!("port {} is out of range", l.port)),
-            ("HTTP", _) if protocol_conflict => (false, "ProtocolConflict", "protocol conflicts with another listener on the port".into()),
-            ("HTTP", _) if hostname_conflict => (false, "HostnameConflict", "hostname conflicts with another listener on the port".into()),
+            ("HTTP", _) if protocol_conflict => {
+                (false, "ProtocolConflict", "protocol conflicts with another listener on the port".into())
+            }
+            ("HTTP", _) if hostname_conflict => {
+                (false, "HostnameConflict", "hostname conflicts with another listener on the port".into())
+            }
             ("HTTP", _) => (true, "Accepted", "listener accepted".into()),
             (p, _) => (false, "UnsupportedProtocol", format!("protocol {p} is not supported yet")),
         };
@@ -170,7 +186,13 @@ fn gateway_listeners<'a>(
         conditions.push(if bad_kinds.is_empty() {
             Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", g)
         } else {
-            Condition::new("ResolvedRefs", false, "InvalidRouteKinds", format!("unsupported route kinds: {}", bad_kinds.join(", ")), g)
+            Condition::new(
+                "ResolvedRefs",
+                false,
+                "InvalidRouteKinds",
+                format!("unsupported route kinds: {}", bad_kinds.join(", ")),
+                g,
+            )
         });
         conditions.push(Condition::new(
             "Programmed",
@@ -308,7 +330,8 @@ fn attach_route(
             .into_iter()
             .filter(|&i| {
                 let l = &listeners[i];
-                pref.section_name.as_deref().is_none_or(|s| s == l.spec.name) && pref.port.is_none_or(|p| p == l.spec.port)
+                pref.section_name.as_deref().is_none_or(|s| s == l.spec.name)
+                    && pref.port.is_none_or(|p| p == l.spec.port)
             })
             .collect();
         let allowed: Vec<usize> = matching
@@ -335,9 +358,15 @@ fn attach_route(
         }
         let all_rules_invalid = c.total_rules > 0 && c.rules.is_empty();
         let accepted = match () {
-            _ if matching.is_empty() => Err(("NoMatchingParent", "no listener matches the parentRef's sectionName/port")),
-            _ if allowed.is_empty() => Err(("NotAllowedByListeners", "no listener allows this route (namespace or kind)")),
-            _ if attach.is_empty() => Err(("NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames")),
+            _ if matching.is_empty() => {
+                Err(("NoMatchingParent", "no listener matches the parentRef's sectionName/port"))
+            }
+            _ if allowed.is_empty() => {
+                Err(("NotAllowedByListeners", "no listener allows this route (namespace or kind)"))
+            }
+            _ if attach.is_empty() => {
+                Err(("NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames"))
+            }
             _ if all_rules_invalid => Err(("UnsupportedValue", "every rule is invalid")),
             _ => Ok(()),
         };
@@ -348,7 +377,11 @@ fn attach_route(
                 if let Some(listener) = l.index {
                     input.routes.push(RouteInput {
                         listener,
-                        route: Arc::new(RouteRef { kind: "HTTPRoute", namespace: ns.to_string(), name: rname.to_string() }),
+                        route: Arc::new(RouteRef {
+                            kind: "HTTPRoute",
+                            namespace: ns.to_string(),
+                            name: rname.to_string(),
+                        }),
                         created: created(&route.metadata),
                         hostnames,
                         rules: c.rules.clone(),
@@ -360,7 +393,12 @@ fn attach_route(
         let mut conditions = vec![match accepted {
             Ok(()) => Condition::new("Accepted", true, "Accepted", "route accepted", g),
             Err((reason, msg)) => {
-                report.push(Severity::Warning, &object, "spec.parentRefs", format!("not accepted by Gateway {gw_ns}/{}: {msg}", pref.name));
+                report.push(
+                    Severity::Warning,
+                    &object,
+                    "spec.parentRefs",
+                    format!("not accepted by Gateway {gw_ns}/{}: {msg}", pref.name),
+                );
                 Condition::new("Accepted", false, reason, msg, g)
             }
         }];
@@ -375,13 +413,23 @@ fn attach_route(
             ),
         });
         if !c.dropped.is_empty() && !all_rules_invalid {
-            conditions.push(Condition::new("PartiallyInvalid", true, "UnsupportedValue", format!("Dropped Rule(s): {}", c.dropped.join("; ")), g));
+            conditions.push(Condition::new(
+                "PartiallyInvalid",
+                true,
+                "UnsupportedValue",
+                format!("Dropped Rule(s): {}", c.dropped.join("; ")),
+                g,
+            ));
         }
         report.statuses.push(ObjectStatus {
             kind: "HTTPRoute",
             namespace: ns.to_string(),
             name: rname.to_string(),
-            scope: Scope::Parent { gateway: format!("{gw_ns}/{}", pref.name), section: pref.section_name.clone(), port },
+            scope: Scope::Parent {
+                gateway: format!("{gw_ns}/{}", pref.name),
+                section: pref.section_name.clone(),
+                port,
+            },
             conditions,
         });
     }
@@ -392,7 +440,8 @@ fn compile_rules(route: &HttpRoute, objects: &Objects, services: &mut Services, 
     let object = format!("HTTPRoute {ns}/{rname}");
     let route_ref = Arc::new(RouteRef { kind: "HTTPRoute", namespace: ns.to_string(), name: rname.to_string() });
     let rules = route.spec.rules.as_deref().unwrap_or_default();
-    let mut out = CompiledRoute { rules: Vec::new(), unresolved: Vec::new(), dropped: Vec::new(), total_rules: rules.len() };
+    let mut out =
+        CompiledRoute { rules: Vec::new(), unresolved: Vec::new(), dropped: Vec::new(), total_rules: rules.len() };
     for (ri, rule) in rules.iter().enumerate() {
         match compile_rule(rule, ri, &route_ref, objects, services) {
             Ok((r, unresolved)) => {
@@ -444,13 +493,20 @@ fn compile_rule(
             .map(|f| serde_json::to_value(f).ok().and_then(|v| serde_json::from_value::<HttpRouteRulesFilters>(v).ok()))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| (format!(".backendRefs[{bi}].filters"), "invalid filter".to_string()))?;
-        let bfilters = compile_filters(&bfilters, single_prefix).map_err(|(i, e)| (format!(".backendRefs[{bi}].filters[{i}]"), e))?;
+        let bfilters = compile_filters(&bfilters, single_prefix)
+            .map_err(|(i, e)| (format!(".backendRefs[{bi}].filters[{i}]"), e))?;
         if let Some(u) = bfilters.iter().find_map(|f| f.1.clone()) {
             unsupported_filter.get_or_insert(u);
         }
         let bfilters: Arc<[Filter]> = bfilters.into_iter().filter_map(|f| f.0).collect();
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-        let r = Ref { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port };
+        let r = Ref {
+            group: b.group.as_deref(),
+            kind: b.kind.as_deref(),
+            name: &b.name,
+            namespace: b.namespace.as_deref(),
+            port: b.port,
+        };
         let (wb, err) = backend::resolve(&r, &from, weight, bfilters, objects, services);
         unresolved.extend(err);
         backends.push(wb);
@@ -463,7 +519,8 @@ fn compile_rule(
     }
     let timeouts = rule.timeouts.as_ref();
     let parse_timeout = |v: Option<&String>, field: &str| -> Result<_, RuleError> {
-        v.map(|s| parse_go_duration(s).ok_or_else(|| (format!(".timeouts.{field}"), format!("invalid duration {s:?}")))).transpose()
+        v.map(|s| parse_go_duration(s).ok_or_else(|| (format!(".timeouts.{field}"), format!("invalid duration {s:?}"))))
+            .transpose()
     };
     let request_timeout = parse_timeout(timeouts.and_then(|t| t.request.as_ref()), "request")?;
     let backend_timeout = parse_timeout(timeouts.and_then(|t| t.backend_request.as_ref()), "backendRequest")?;
@@ -489,14 +546,14 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<MatchInput, RuleError> {
         }
         PathType::Exact => PathMatch::Exact(value),
         PathType::PathPrefix => PathMatch::prefix(&value),
-        PathType::RegularExpression => {
-            PathMatch::regex(&value).map_err(|e| (".path.value".to_string(), format!("invalid regular expression: {e}")))?
-        }
+        PathType::RegularExpression => PathMatch::regex(&value)
+            .map_err(|e| (".path.value".to_string(), format!("invalid regular expression: {e}")))?,
     };
     let mut conditions = Conditions::default();
     if let Some(method) = &m.method {
         let s = serde_json::to_value(method).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        conditions.method = Some(Method::from_bytes(s.as_bytes()).map_err(|_| (".method".to_string(), format!("invalid method {s}")))?);
+        conditions.method =
+            Some(Method::from_bytes(s.as_bytes()).map_err(|_| (".method".to_string(), format!("invalid method {s}")))?);
     }
     let mut seen = std::collections::HashSet::new();
     for (hi, h) in m.headers.iter().flatten().enumerate() {
@@ -532,12 +589,11 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<MatchInput, RuleError> {
 /// answers 500).
 type CompiledFilter = (Option<Filter>, Option<String>);
 
-fn compile_filters(filters: &[HttpRouteRulesFilters], single_prefix: bool) -> Result<Vec<CompiledFilter>, (usize, String)> {
-    filters
-        .iter()
-        .enumerate()
-        .map(|(i, f)| compile_filter(f, single_prefix).map_err(|e| (i, e)))
-        .collect()
+fn compile_filters(
+    filters: &[HttpRouteRulesFilters],
+    single_prefix: bool,
+) -> Result<Vec<CompiledFilter>, (usize, String)> {
+    filters.iter().enumerate().map(|(i, f)| compile_filter(f, single_prefix).map_err(|e| (i, e))).collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -561,9 +617,14 @@ fn header_modifier<T: serde::Serialize>(spec: Option<&T>) -> Result<HeaderModifi
         Some(s) => serde_json::to_value(s).and_then(serde_json::from_value).map_err(|e| e.to_string())?,
         None => HeaderFilterSpec::default(),
     };
-    let name = |n: &str| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name {n:?}"));
+    let name = |n: &str| {
+        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| format!("invalid header name {n:?}"))
+    };
     let pair = |nv: &NameValue| -> Result<(HeaderName, HeaderValue), String> {
-        Ok((name(&nv.name)?, HeaderValue::from_str(&nv.value).map_err(|_| format!("invalid value for header {}", nv.name))?))
+        Ok((
+            name(&nv.name)?,
+            HeaderValue::from_str(&nv.value).map_err(|_| format!("invalid value for header {}", nv.name))?,
+        ))
     };
     Ok(HeaderModifier {
         set: spec.set.iter().map(pair).collect::<Result<_, _>>()?,
@@ -572,7 +633,12 @@ fn header_modifier<T: serde::Serialize>(spec: Option<&T>) -> Result<HeaderModifi
     })
 }
 
-fn path_modifier(full: Option<&String>, prefix: Option<&String>, is_prefix: bool, single_prefix: bool) -> Result<PathModifier, String> {
+fn path_modifier(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    is_prefix: bool,
+    single_prefix: bool,
+) -> Result<PathModifier, String> {
     if is_prefix {
         if !single_prefix {
             return Err("ReplacePrefixMatch requires exactly one PathPrefix match in the rule".into());
@@ -585,8 +651,12 @@ fn path_modifier(full: Option<&String>, prefix: Option<&String>, is_prefix: bool
 
 fn compile_filter(f: &HttpRouteRulesFilters, single_prefix: bool) -> Result<CompiledFilter, String> {
     let filter = match f.r#type {
-        FilterType::RequestHeaderModifier => Filter::RequestHeaders(header_modifier(f.request_header_modifier.as_ref())?),
-        FilterType::ResponseHeaderModifier => Filter::ResponseHeaders(header_modifier(f.response_header_modifier.as_ref())?),
+        FilterType::RequestHeaderModifier => {
+            Filter::RequestHeaders(header_modifier(f.request_header_modifier.as_ref())?)
+        }
+        FilterType::ResponseHeaderModifier => {
+            Filter::ResponseHeaders(header_modifier(f.response_header_modifier.as_ref())?)
+        }
         FilterType::RequestRedirect => {
             let r = f.request_redirect.as_ref().ok_or("requestRedirect is required for type RequestRedirect")?;
             let status = StatusCode::from_u16(u16::try_from(r.status_code.unwrap_or(302)).unwrap_or(0))
@@ -632,7 +702,8 @@ fn compile_filter(f: &HttpRouteRulesFilters, single_prefix: bool) -> Result<Comp
             Filter::Rewrite(Rewrite { hostname, path })
         }
         FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
-            let name = serde_json::to_value(&f.r#type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let name =
+                serde_json::to_value(&f.r#type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             return Ok((None, Some(format!("filter {name} is not supported yet"))));
         }
     };

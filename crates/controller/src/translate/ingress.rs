@@ -28,7 +28,13 @@ pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// Port Ingress HTTP traffic is served on.
 pub const HTTP_PORT: u16 = 80;
 
-pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableInput, services: &mut Services, report: &mut Report) {
+pub(super) fn translate(
+    objects: &Objects,
+    options: &Options,
+    input: &mut TableInput,
+    services: &mut Services,
+    report: &mut Report,
+) {
     let ours: BTreeSet<&str> = objects
         .ingress_classes
         .iter()
@@ -38,7 +44,9 @@ pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableI
     let default_is_ours = objects
         .ingress_classes
         .iter()
-        .filter(|c| c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true"))
+        .filter(|c| {
+            c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true")
+        })
         .any(|c| ours.contains(name(&c.metadata)));
     let mut ingresses: Vec<&Ingress> = objects
         .ingresses
@@ -55,7 +63,8 @@ pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableI
     if ingresses.is_empty() {
         return;
     }
-    ingresses.sort_by_key(|i| (created(&i.metadata), namespace(&i.metadata).to_string(), name(&i.metadata).to_string()));
+    ingresses
+        .sort_by_key(|i| (created(&i.metadata), namespace(&i.metadata).to_string(), name(&i.metadata).to_string()));
     let listener = input.listeners.len();
     input.listeners.push(ListenerInput {
         bind: BindKey { gateway: None, port: HTTP_PORT },
@@ -72,7 +81,14 @@ pub(super) fn translate(objects: &Objects, options: &Options, input: &mut TableI
     }
 }
 
-fn translate_one(ing: &Ingress, listener: usize, objects: &Objects, input: &mut TableInput, services: &mut Services, report: &mut Report) {
+fn translate_one(
+    ing: &Ingress,
+    listener: usize,
+    objects: &Objects,
+    input: &mut TableInput,
+    services: &mut Services,
+    report: &mut Report,
+) {
     let (ns, iname) = (namespace(&ing.metadata), name(&ing.metadata));
     let object = format!("Ingress {ns}/{iname}");
     let route = Arc::new(RouteRef { kind: "Ingress", namespace: ns.to_string(), name: iname.to_string() });
@@ -87,18 +103,31 @@ fn translate_one(ing: &Ingress, listener: usize, objects: &Objects, input: &mut 
             let value = p.path.as_deref().filter(|v| !v.is_empty()).unwrap_or("/");
             let path = match p.path_type.as_str() {
                 _ if !value.starts_with('/') => {
-                    report.push(Severity::Error, &object, format!("{field}.path"), format!("path {value:?} must start with '/'"));
+                    report.push(
+                        Severity::Error,
+                        &object,
+                        format!("{field}.path"),
+                        format!("path {value:?} must start with '/'"),
+                    );
                     continue;
                 }
                 "Exact" => PathMatch::Exact(value.to_string()),
                 "Prefix" | "ImplementationSpecific" => PathMatch::prefix(value),
                 other => {
-                    report.push(Severity::Error, &object, format!("{field}.pathType"), format!("unsupported pathType {other:?}"));
+                    report.push(
+                        Severity::Error,
+                        &object,
+                        format!("{field}.pathType"),
+                        format!("unsupported pathType {other:?}"),
+                    );
                     continue;
                 }
             };
             let backend = resolve(&p.backend, ns, objects, services, report, &object, &format!("{field}.backend"));
-            rules.push(RuleInput { rule: rule_for(&route, rule_index, backend), matches: vec![MatchInput { path, conditions: Conditions::default() }] });
+            rules.push(RuleInput {
+                rule: rule_for(&route, rule_index, backend),
+                matches: vec![MatchInput { path, conditions: Conditions::default() }],
+            });
             rule_index += 1;
         }
         input.routes.push(RouteInput {
@@ -150,7 +179,10 @@ fn resolve(
         (Some(svc), _) => {
             let port = svc.port.as_ref();
             match find_service(objects, ns, &svc.name) {
-                None => Err(Unresolved { reason: "BackendNotFound", message: format!("Service {ns}/{} not found", svc.name) }),
+                None => Err(Unresolved {
+                    reason: "BackendNotFound",
+                    message: format!("Service {ns}/{} not found", svc.name),
+                }),
                 Some(service) => {
                     let number = match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
                         (Some(n), _) => u16::try_from(n).ok(),
@@ -163,16 +195,27 @@ fn resolve(
                         (None, None) => None,
                     };
                     match number {
-                        None => Err(Unresolved { reason: "BackendNotFound", message: format!("Service {ns}/{} has no such port", svc.name) }),
+                        None => Err(Unresolved {
+                            reason: "BackendNotFound",
+                            message: format!("Service {ns}/{} has no such port", svc.name),
+                        }),
                         Some(n) => backend::check_service(service, n, ns, &svc.name).map(|()| {
-                            services.intern(sluice_model::ServiceRef { namespace: ns.to_string(), name: svc.name.clone(), port: n })
+                            services.intern(sluice_model::ServiceRef {
+                                namespace: ns.to_string(),
+                                name: svc.name.clone(),
+                                port: n,
+                            })
                         }),
                     }
                 }
             }
         }
-        (None, Some(r)) => Err(Unresolved { reason: "InvalidKind", message: format!("resource backend {} is not supported", r.kind) }),
-        (None, None) => Err(Unresolved { reason: "BackendNotFound", message: "backend has neither service nor resource".into() }),
+        (None, Some(r)) => {
+            Err(Unresolved { reason: "InvalidKind", message: format!("resource backend {} is not supported", r.kind) })
+        }
+        (None, None) => {
+            Err(Unresolved { reason: "BackendNotFound", message: "backend has neither service nor resource".into() })
+        }
     };
     let target = match result {
         Ok(id) => BackendTarget::Service(id),

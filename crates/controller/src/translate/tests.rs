@@ -24,7 +24,9 @@ fn load(test_yaml: &str) -> Objects {
     let mut objects = Objects::default();
     let mut report = Report::default();
     objects.add_yaml(class, "class", &mut report);
-    for (name, text) in [("base", read(dir.join("base/manifests.yaml"))), (test_yaml, read(dir.join("tests").join(test_yaml)))] {
+    for (name, text) in
+        [("base", read(dir.join("base/manifests.yaml"))), (test_yaml, read(dir.join("tests").join(test_yaml)))]
+    {
         objects.add_yaml(&text.replace("{GATEWAY_CLASS_NAME}", "sluice"), name, &mut report);
     }
     assert!(!report.has_errors(), "{:?}", report.diagnostics);
@@ -42,7 +44,10 @@ fn parent(gw: &str) -> Scope {
 }
 
 fn cond<'a>(t: &'a Translation, kind: &str, ns: &str, name: &str, scope: &Scope, ty: &str) -> (&'a str, &'a str) {
-    let c = t.report.condition(kind, ns, name, scope, ty).unwrap_or_else(|| panic!("no {ty} on {kind} {ns}/{name} {scope:?}: {:#?}", t.report.statuses));
+    let c = t
+        .report
+        .condition(kind, ns, name, scope, ty)
+        .unwrap_or_else(|| panic!("no {ty} on {kind} {ns}/{name} {scope:?}: {:#?}", t.report.statuses));
     (c.status, c.reason)
 }
 
@@ -64,8 +69,14 @@ fn lookup(table: &RouteTable, gateway: &str, host: &str, path: &str) -> Option<S
 fn simple_same_namespace_route_is_accepted_and_compiled() {
     let (t, table) = run("httproute-simple-same-namespace.yaml");
     assert_eq!(cond(&t, "GatewayClass", "", "sluice", &Scope::Object, "Accepted"), ("True", "Accepted"));
-    assert_eq!(cond(&t, "HTTPRoute", INFRA, "gateway-conformance-infra-test", &parent("same-namespace"), "Accepted"), ("True", "Accepted"));
-    assert_eq!(cond(&t, "HTTPRoute", INFRA, "gateway-conformance-infra-test", &parent("same-namespace"), "ResolvedRefs"), ("True", "ResolvedRefs"));
+    assert_eq!(
+        cond(&t, "HTTPRoute", INFRA, "gateway-conformance-infra-test", &parent("same-namespace"), "Accepted"),
+        ("True", "Accepted")
+    );
+    assert_eq!(
+        cond(&t, "HTTPRoute", INFRA, "gateway-conformance-infra-test", &parent("same-namespace"), "ResolvedRefs"),
+        ("True", "ResolvedRefs")
+    );
     assert_eq!(lookup(&table, "same-namespace", "anything", "/").as_deref(), Some("infra-backend-v1"));
 }
 
@@ -73,15 +84,28 @@ fn simple_same_namespace_route_is_accepted_and_compiled() {
 fn cross_namespace_backend_without_grant_is_ref_not_permitted() {
     let (t, table) = run("httproute-invalid-cross-namespace-backend-ref.yaml");
     let p = parent("same-namespace");
-    assert_eq!(cond(&t, "HTTPRoute", INFRA, "invalid-cross-namespace-backend-ref", &p, "Accepted"), ("True", "Accepted"));
-    assert_eq!(cond(&t, "HTTPRoute", INFRA, "invalid-cross-namespace-backend-ref", &p, "ResolvedRefs"), ("False", "RefNotPermitted"));
+    assert_eq!(
+        cond(&t, "HTTPRoute", INFRA, "invalid-cross-namespace-backend-ref", &p, "Accepted"),
+        ("True", "Accepted")
+    );
+    assert_eq!(
+        cond(&t, "HTTPRoute", INFRA, "invalid-cross-namespace-backend-ref", &p, "ResolvedRefs"),
+        ("False", "RefNotPermitted")
+    );
     assert_eq!(lookup(&table, "same-namespace", "x", "/").as_deref(), Some("invalid"));
 }
 
 #[test]
 fn reference_grant_permits_cross_namespace_backend() {
     let (t, table) = run("httproute-reference-grant.yaml");
-    let resolved: Vec<_> = t.report.statuses.iter().filter(|s| s.kind == "HTTPRoute").flat_map(|s| &s.conditions).filter(|c| c.type_ == "ResolvedRefs").collect();
+    let resolved: Vec<_> = t
+        .report
+        .statuses
+        .iter()
+        .filter(|s| s.kind == "HTTPRoute")
+        .flat_map(|s| &s.conditions)
+        .filter(|c| c.type_ == "ResolvedRefs")
+        .collect();
     assert!(!resolved.is_empty() && resolved.iter().all(|c| c.status == "True"), "{resolved:?}");
     assert_eq!(lookup(&table, "same-namespace", "x", "/").as_deref(), Some("web-backend"));
 }
@@ -117,7 +141,13 @@ fn cross_namespace_parent_not_allowed_by_listeners() {
     let (t, table) = run("httproute-invalid-cross-namespace-parent-ref.yaml");
     let c = t
         .report
-        .condition("HTTPRoute", "gateway-conformance-web-backend", "invalid-cross-namespace-parent-ref", &parent("same-namespace"), "Accepted")
+        .condition(
+            "HTTPRoute",
+            "gateway-conformance-web-backend",
+            "invalid-cross-namespace-parent-ref",
+            &parent("same-namespace"),
+            "Accepted",
+        )
         .map(|c| (c.status, c.reason));
     assert_eq!(c, Some(("False", "NotAllowedByListeners")));
     let l = Scope::Listener { name: "http".into(), attached_routes: 0, supported_kinds: vec!["HTTPRoute".into()] };
@@ -137,9 +167,15 @@ fn parent_ref_section_name_matching_no_listener_is_no_matching_parent() {
 fn invalid_route_kinds_on_listeners() {
     let (t, _) = run("gateway-invalid-route-kind.yaml");
     let only = Scope::Listener { name: "http".into(), attached_routes: 0, supported_kinds: vec![] };
-    assert_eq!(cond(&t, "Gateway", INFRA, "gateway-only-invalid-route-kind", &only, "ResolvedRefs"), ("False", "InvalidRouteKinds"));
+    assert_eq!(
+        cond(&t, "Gateway", INFRA, "gateway-only-invalid-route-kind", &only, "ResolvedRefs"),
+        ("False", "InvalidRouteKinds")
+    );
     let mixed = Scope::Listener { name: "http".into(), attached_routes: 0, supported_kinds: vec!["HTTPRoute".into()] };
-    assert_eq!(cond(&t, "Gateway", INFRA, "gateway-supported-and-invalid-route-kind", &mixed, "ResolvedRefs"), ("False", "InvalidRouteKinds"));
+    assert_eq!(
+        cond(&t, "Gateway", INFRA, "gateway-supported-and-invalid-route-kind", &mixed, "ResolvedRefs"),
+        ("False", "InvalidRouteKinds")
+    );
 }
 
 #[test]
@@ -153,7 +189,13 @@ fn attached_routes_are_counted_per_listener() {
     };
     assert_eq!(attached("gateway-with-one-attached-route"), Some(1));
     assert_eq!(attached("gateway-with-two-attached-routes"), Some(2));
-    let c = t.report.condition("HTTPRoute", INFRA, "http-route-not-accepted", &parent("gateway-with-two-attached-routes"), "Accepted");
+    let c = t.report.condition(
+        "HTTPRoute",
+        INFRA,
+        "http-route-not-accepted",
+        &parent("gateway-with-two-attached-routes"),
+        "Accepted",
+    );
     assert_eq!(c.map(|c| (c.status, c.reason)), Some(("False", "NoMatchingListenerHostname")));
 }
 
@@ -164,7 +206,8 @@ fn every_condition_carries_the_object_generation() {
         r.metadata.generation = Some(7);
     }
     let t = translate(&objects, &Options::default());
-    let route_conds: Vec<_> = t.report.statuses.iter().filter(|s| s.kind == "HTTPRoute").flat_map(|s| &s.conditions).collect();
+    let route_conds: Vec<_> =
+        t.report.statuses.iter().filter(|s| s.kind == "HTTPRoute").flat_map(|s| &s.conditions).collect();
     assert!(!route_conds.is_empty() && route_conds.iter().all(|c| c.observed_generation == 7));
 }
 

@@ -54,10 +54,8 @@ impl Fixture {
     /// Adds a route with one rule per (matches, backend) on `listener`.
     fn route(&mut self, listener: usize, name: &str, created: i64, hosts: &[&str], rules: Vec<(Vec<MatchInput>, u32)>) {
         let lh = self.input.listeners[listener].hostname.clone();
-        let hostnames = hosts
-            .iter()
-            .filter_map(|h| HostPattern::intersect(&lh, &HostPattern::gateway(Some(h))))
-            .collect();
+        let hostnames =
+            hosts.iter().filter_map(|h| HostPattern::intersect(&lh, &HostPattern::gateway(Some(h)))).collect();
         let rules = rules
             .into_iter()
             .enumerate()
@@ -102,14 +100,20 @@ fn route(t: &RouteTable, method: &str, host: &str, target: &str, headers: &[(&st
 fn path_match_order_conformance() {
     // HTTPRoutePathMatchOrder manifest and expectations (semantics §1.3).
     let mut f = Fixture::new(vec![gw_listener("")]);
-    f.route(0, "r", 0, &[], vec![
-        (vec![m(exact("/match/exact/one"))], 3),
-        (vec![m(exact("/match/exact"))], 2),
-        (vec![m(exact("/match"))], 1),
-        (vec![m(prefix("/match/prefix/one"))], 2),
-        (vec![m(prefix("/match/prefix/"))], 1),
-        (vec![m(prefix("/match/"))], 3),
-    ]);
+    f.route(
+        0,
+        "r",
+        0,
+        &[],
+        vec![
+            (vec![m(exact("/match/exact/one"))], 3),
+            (vec![m(exact("/match/exact"))], 2),
+            (vec![m(exact("/match"))], 1),
+            (vec![m(prefix("/match/prefix/one"))], 2),
+            (vec![m(prefix("/match/prefix/"))], 1),
+            (vec![m(prefix("/match/"))], 3),
+        ],
+    );
     let t = f.table();
     let cases = [
         ("/match/exact/one", 3),
@@ -130,7 +134,15 @@ fn prefix_on_element_boundaries_and_exact_strictness() {
     let mut f = Fixture::new(vec![gw_listener("")]);
     f.route(0, "r", 0, &[], vec![(vec![m(prefix("/"))], 1), (vec![m(prefix("/v2"))], 2), (vec![m(exact("/two"))], 3)]);
     let t = f.table();
-    for (path, want) in [("/v2", Some(2)), ("/v2/", Some(2)), ("/v2/example", Some(2)), ("/v2example", Some(1)), ("/two", Some(3)), ("/two/", Some(1)), ("/Two", Some(1))] {
+    for (path, want) in [
+        ("/v2", Some(2)),
+        ("/v2/", Some(2)),
+        ("/v2/example", Some(2)),
+        ("/v2example", Some(1)),
+        ("/two", Some(3)),
+        ("/two/", Some(1)),
+        ("/Two", Some(1)),
+    ] {
         assert_eq!(route(&t, "GET", "x", path, &[]), want, "{path}");
     }
     let mut only_exact = Fixture::new(vec![gw_listener("")]);
@@ -162,14 +174,39 @@ fn failed_conditions_on_the_deepest_node_fall_back_to_a_shorter_prefix() {
 #[test]
 fn method_then_headers_then_query_count_break_ties() {
     let mut f = Fixture::new(vec![gw_listener("")]);
-    let hdr = |n: &'static str, v: &str| HeaderMatch { name: HeaderName::from_static(n), value: ValueMatch::Exact(v.into()) };
+    let hdr =
+        |n: &'static str, v: &str| HeaderMatch { name: HeaderName::from_static(n), value: ValueMatch::Exact(v.into()) };
     let qry = |n: &str, v: &str| QueryMatch { name: n.into(), value: ValueMatch::Exact(v.into()) };
-    f.route(0, "r", 0, &[], vec![
-        (vec![MatchInput { path: prefix("/"), conditions: Conditions { query: vec![qry("a", "1"), qry("b", "2")], ..Default::default() } }], 1),
-        (vec![MatchInput { path: prefix("/"), conditions: Conditions { headers: vec![hdr("h", "1")], ..Default::default() } }], 2),
-        (vec![MatchInput { path: prefix("/"), conditions: Conditions { method: Some(Method::POST), ..Default::default() } }], 3),
-        (vec![m(prefix("/"))], 4),
-    ]);
+    f.route(
+        0,
+        "r",
+        0,
+        &[],
+        vec![
+            (
+                vec![MatchInput {
+                    path: prefix("/"),
+                    conditions: Conditions { query: vec![qry("a", "1"), qry("b", "2")], ..Default::default() },
+                }],
+                1,
+            ),
+            (
+                vec![MatchInput {
+                    path: prefix("/"),
+                    conditions: Conditions { headers: vec![hdr("h", "1")], ..Default::default() },
+                }],
+                2,
+            ),
+            (
+                vec![MatchInput {
+                    path: prefix("/"),
+                    conditions: Conditions { method: Some(Method::POST), ..Default::default() },
+                }],
+                3,
+            ),
+            (vec![m(prefix("/"))], 4),
+        ],
+    );
     let t = f.table();
     // POST with header and queries: method wins over header count and query count.
     assert_eq!(route(&t, "POST", "h", "/x?a=1&b=2", &[("h", "1")]), Some(3));
@@ -198,7 +235,17 @@ fn older_route_then_name_then_rule_order_break_remaining_ties() {
 #[test]
 fn regex_paths_rank_below_exact_and_prefix() -> Result<(), regex::Error> {
     let mut f = Fixture::new(vec![gw_listener("")]);
-    f.route(0, "r", 0, &[], vec![(vec![m(PathMatch::regex("/api/v[0-9]+/.*")?)], 1), (vec![m(prefix("/api"))], 2), (vec![m(PathMatch::regex("/x[0-9]")?)], 3)]);
+    f.route(
+        0,
+        "r",
+        0,
+        &[],
+        vec![
+            (vec![m(PathMatch::regex("/api/v[0-9]+/.*")?)], 1),
+            (vec![m(prefix("/api"))], 2),
+            (vec![m(PathMatch::regex("/x[0-9]")?)], 3),
+        ],
+    );
     let t = f.table();
     assert_eq!(route(&t, "GET", "h", "/api/v1/users", &[]), Some(2));
     assert_eq!(route(&t, "GET", "h", "/x1", &[]), Some(3), "regex reachable where no radix node exists");
@@ -210,7 +257,12 @@ fn regex_paths_rank_below_exact_and_prefix() -> Result<(), regex::Error> {
 fn listener_isolation_picks_exactly_one_listener() {
     // GatewayHTTPListenerIsolation: a request matching the exact listener
     // never falls through to the wildcard listener's routes.
-    let mut f = Fixture::new(vec![gw_listener(""), gw_listener("*.example.com"), gw_listener("*.foo.example.com"), gw_listener("abc.foo.example.com")]);
+    let mut f = Fixture::new(vec![
+        gw_listener(""),
+        gw_listener("*.example.com"),
+        gw_listener("*.foo.example.com"),
+        gw_listener("abc.foo.example.com"),
+    ]);
     f.route(0, "empty", 0, &[], vec![(vec![m(prefix("/empty-hostname"))], 0)]);
     f.route(1, "wc", 0, &[], vec![(vec![m(prefix("/wildcard-example-com"))], 1)]);
     f.route(2, "wcfoo", 0, &[], vec![(vec![m(prefix("/wildcard-foo-example-com"))], 2)]);
@@ -235,7 +287,11 @@ fn listener_isolation_picks_exactly_one_listener() {
 #[test]
 fn hostname_intersection_conformance() {
     // HTTPRouteHostnameIntersection (semantics §1.2).
-    let mut f = Fixture::new(vec![gw_listener("very.specific.com"), gw_listener("*.wildcard.io"), gw_listener("*.anotherwildcard.io")]);
+    let mut f = Fixture::new(vec![
+        gw_listener("very.specific.com"),
+        gw_listener("*.wildcard.io"),
+        gw_listener("*.anotherwildcard.io"),
+    ]);
     for l in 0..3 {
         f.route(l, "r1", 0, &["very.specific.com", "*.nonmatchingwildcard.io"], vec![(vec![m(prefix("/s1"))], 1)]);
         f.route(l, "r3", 0, &["*.specific.com"], vec![(vec![m(prefix("/s3"))], 3)]);
@@ -273,7 +329,8 @@ fn ingress_path_examples_table() {
         f.route(0, "ing", 0, &[], paths.into_iter().map(|(p, b)| (vec![m(p)], b)).collect());
         f.table()
     };
-    let cases: Vec<(Vec<(PathMatch, u32)>, &str, Option<u32>)> = vec![
+    type Row = (Vec<(PathMatch, u32)>, &'static str, Option<u32>);
+    let cases: Vec<Row> = vec![
         (vec![(prefix("/"), 1)], "/anything", Some(1)),
         (vec![(exact("/foo"), 1)], "/foo", Some(1)),
         (vec![(exact("/foo"), 1)], "/bar", None),
