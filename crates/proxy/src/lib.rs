@@ -1,1 +1,115 @@
-//! Sluice's data plane (being written).
+//! Sluice's data plane: listening sockets, the HTTP proxy path, load
+//! balancing and upstream connection pools.
+//!
+//! Start reading at [`Proxy`]: the binary builds one with a [`ProxyConfig`]
+//! and the shared `ArcSwap<Snapshot>` the controller publishes into, then
+//! calls [`Proxy::reconcile`] whenever the table's bind keys change and
+//! [`Proxy::shutdown`] on SIGTERM.
+//!
+//! Request path, one file per phase, in order:
+//!
+//! 1. `listener.rs`: socket registry, accept loop, one hyper-util auto
+//!    connection per socket (HTTP/1.1 with upgrades, h2c prior knowledge),
+//!    graceful drain.
+//! 2. `server.rs`: the per-request service; runs the phases below and turns
+//!    a [`ProxyError`] into a response.
+//! 3. `route.rs`: one `snapshot.load()`, Host/`:authority` validation,
+//!    [`sluice_model::Bind::lookup`].
+//! 4. `headers.rs`: hop-by-hop stripping, `X-Forwarded-*`.
+//! 5. `filters.rs`: Gateway API filters (request headers, URL rewrite,
+//!    redirect; response headers after the upstream answers).
+//! 6. `upstream.rs`: weighted backend pick (`rng.rs`), endpoint pick,
+//!    pooled HTTP/1.1 client, timeouts; `upgrade.rs` splices upgraded
+//!    (WebSocket) connections; `body.rs` holds the streaming body types.
+//!
+//! Errors become responses in `error.rs`. The routing guard from
+//! `ArcSwap::load` lives only in the synchronous part of `server.rs`; no
+//! `.await` happens while it is held.
+
+mod body;
+mod config;
+mod error;
+mod filters;
+mod headers;
+mod listener;
+pub mod rng;
+mod route;
+mod server;
+mod upgrade;
+mod upstream;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sluice_model::{BindKey, Snapshot};
+
+pub use config::ProxyConfig;
+pub use error::{Fault, ProxyError};
+
+/// The data plane: listening sockets plus the shared request-path state.
+///
+/// Cheap to clone (two `Arc`s); clones share sockets, pools and the
+/// snapshot. Dropping every clone without calling [`Proxy::shutdown`] still
+/// stops the accept loops and drains their connections in the background.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<server::Shared>,
+    sockets: Arc<listener::Sockets>,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Builds the proxy. Binds nothing yet: call [`Proxy::reconcile`].
+    ///
+    /// Every request reads `snapshot` once; storing a new [`Snapshot`]
+    /// changes routing for requests that start afterwards.
+    pub fn new(config: ProxyConfig, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        Self {
+            shared: Arc::new(server::Shared::new(config, snapshot)),
+            sockets: Arc::new(listener::Sockets::default()),
+        }
+    }
+
+    /// Makes the set of listening sockets equal to `keys`.
+    ///
+    /// Keys not bound yet are bound at `resolve(key)` (port 0 picks a free
+    /// port); keys no longer wanted stop accepting at once (their socket is
+    /// closed before the future completes) while their open connections
+    /// drain, bounded by [`ProxyConfig::drain_timeout`]. Returns one entry per
+    /// newly bound key with its actual local address, or the bind error for
+    /// that key alone. After [`Proxy::shutdown`] every new key gets an error.
+    ///
+    /// Used as `proxy.reconcile(&keys, &resolve).await`. `resolve` is called
+    /// for every key before this returns the future, which therefore does
+    /// not hold on to it and is `Send` (it can run in a spawned task).
+    pub fn reconcile<'a>(
+        &'a self,
+        keys: &[BindKey],
+        resolve: &dyn Fn(&BindKey) -> SocketAddr,
+    ) -> impl Future<Output = Vec<(BindKey, Result<SocketAddr, std::io::Error>)>> + Send + use<'a> {
+        let wanted: Vec<(BindKey, SocketAddr)> = keys.iter().map(|k| (k.clone(), resolve(k))).collect();
+        self.sockets.reconcile(&self.shared, wanted)
+    }
+
+    /// The sockets currently accepting, ordered by key.
+    pub fn bound(&self) -> Vec<(BindKey, SocketAddr)> {
+        self.sockets.bound()
+    }
+
+    /// Graceful shutdown: stops accepting on every socket, lets in-flight
+    /// requests finish and closes idle keep-alive connections, then waits
+    /// for upgraded (WebSocket) tunnels; whatever is still open after
+    /// [`ProxyConfig::drain_timeout`] is closed.
+    pub async fn shutdown(&self) {
+        self.sockets.shutdown(&self.shared).await;
+    }
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy").field("bound", &self.bound()).finish_non_exhaustive()
+    }
+}

@@ -1,8 +1,20 @@
 //! The `sluice` binary: CLI, wiring of the controller and proxy halves.
+//!
+//! `sluice run` (serve), `sluice check` (validate, like `nginx -t`) and
+//! `sluice echo` (a conformance echo backend). This is the only crate that
+//! knows both halves; they meet in one `ArcSwap<Snapshot>`.
 
+mod admin;
+mod check;
 mod echo;
+mod run;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// Exit code for invalid configuration (sysexits `EX_USAGE`... `EX_CONFIG`).
+pub const EX_CONFIG: u8 = 78;
 
 /// Sluice: a Kubernetes ingress and Gateway API data plane.
 #[derive(Parser, Debug)]
@@ -14,14 +26,38 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve traffic for the Gateways, HTTPRoutes and Ingresses in --config.
+    Run(run::RunArgs),
+    /// Validate a config, print diagnostics, conditions and compiled routes.
+    Check(check::CheckArgs),
     /// Run the conformance-compatible echo backend.
     Echo(echo::EchoArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    init_tracing();
     match cli.command {
-        Command::Echo(args) => rt.block_on(echo::run(args)),
+        Command::Check(args) => Ok(check::run(&args)),
+        Command::Run(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(run::run(args))
+        }
+        Command::Echo(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(echo::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }

@@ -1,0 +1,223 @@
+//! Listening sockets: the registry behind `reconcile`/`bound`/`shutdown`,
+//! the accept loop, and one hyper-util auto connection (HTTP/1.1 with
+//! upgrades, or h2c prior knowledge) per accepted stream, drained
+//! gracefully.
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use sluice_model::BindKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{Instrument as _, debug, debug_span, info, warn};
+
+use crate::server::{self, ConnCtx, Shared};
+
+/// Pause after an accept error that is not about one connection (e.g. out
+/// of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The socket registry. Only the control plane touches it; the request path
+/// never does.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    registry: Mutex<Registry>,
+    /// Lock-free copy of the bound sockets for [`Sockets::bound`].
+    bound: ArcSwap<Vec<(BindKey, SocketAddr)>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    sockets: BTreeMap<BindKey, Socket>,
+    /// Accept loops of removed sockets that may still be draining.
+    draining: Vec<JoinHandle<()>>,
+    shut_down: bool,
+}
+
+struct Socket {
+    addr: SocketAddr,
+    /// Tells the accept loop to stop (dropping it does too).
+    stop: oneshot::Sender<()>,
+    /// Fires once the listening socket is closed.
+    closed: oneshot::Receiver<()>,
+    task: JoinHandle<()>,
+}
+
+// === impl Sockets ===
+
+impl Sockets {
+    /// Binds the keys of `wanted` (key, address to bind) that are not bound
+    /// yet and stops the bound ones that are not wanted.
+    pub(crate) async fn reconcile(
+        &self,
+        shared: &Arc<Shared>,
+        wanted: Vec<(BindKey, SocketAddr)>,
+    ) -> Vec<(BindKey, Result<SocketAddr, io::Error>)> {
+        let mut reg = self.registry.lock().await;
+        let keys: HashSet<&BindKey> = wanted.iter().map(|(k, _)| k).collect();
+        let removed: Vec<BindKey> = reg.sockets.keys().filter(|k| !keys.contains(k)).cloned().collect();
+        for key in removed {
+            if let Some(socket) = reg.sockets.remove(&key) {
+                info!(port = key.port, gateway = ?key.gateway, addr = %socket.addr, "stopped listening");
+                // Close the socket before binding new ones: a new key may want
+                // the same port.
+                let task = socket.stop_accepting().await;
+                reg.draining.push(task);
+            }
+        }
+        reg.draining.retain(|t| !t.is_finished());
+
+        let mut out: Vec<(BindKey, Result<SocketAddr, io::Error>)> = Vec::new();
+        for (key, target) in &wanted {
+            if reg.sockets.contains_key(key) || out.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            if reg.shut_down {
+                out.push((key.clone(), Err(io::Error::other("proxy is shut down"))));
+                continue;
+            }
+            let result = match TcpListener::bind(*target).await.and_then(|l| Ok((l.local_addr()?, l))) {
+                Ok((addr, listener)) => {
+                    info!(port = key.port, gateway = ?key.gateway, %addr, "listening");
+                    reg.sockets.insert(key.clone(), Socket::spawn(shared.clone(), key.clone(), listener, addr));
+                    Ok(addr)
+                }
+                Err(error) => {
+                    debug!(port = key.port, gateway = ?key.gateway, %error, "bind failed");
+                    Err(error)
+                }
+            };
+            out.push((key.clone(), result));
+        }
+        self.publish(&reg);
+        out
+    }
+
+    pub(crate) fn bound(&self) -> Vec<(BindKey, SocketAddr)> {
+        self.bound.load().as_ref().clone()
+    }
+
+    pub(crate) async fn shutdown(&self, shared: &Shared) {
+        let deadline = tokio::time::Instant::now() + shared.config.drain_timeout;
+        let tasks = {
+            let mut reg = self.registry.lock().await;
+            reg.shut_down = true;
+            let sockets = std::mem::take(&mut reg.sockets);
+            for (_, socket) in sockets {
+                let task = socket.stop_accepting().await;
+                reg.draining.push(task);
+            }
+            self.publish(&reg);
+            std::mem::take(&mut reg.draining)
+        };
+        info!(sockets = tasks.len(), "draining connections");
+        // Each loop bounds its own drain by the drain timeout.
+        for task in tasks {
+            if let Err(error) = task.await {
+                warn!(%error, "accept loop failed");
+            }
+        }
+        if tokio::time::timeout_at(deadline, shared.tunnels_closed()).await.is_err() {
+            warn!("drain timeout: closing upgraded connections");
+            shared.stop_tunnels();
+        }
+        info!("drained");
+    }
+
+    fn publish(&self, reg: &Registry) {
+        let view = reg.sockets.iter().map(|(k, s)| (k.clone(), s.addr)).collect();
+        self.bound.store(Arc::new(view));
+    }
+}
+
+// === impl Socket ===
+
+impl Socket {
+    fn spawn(shared: Arc<Shared>, key: BindKey, listener: TcpListener, addr: SocketAddr) -> Self {
+        let (stop, stop_rx) = oneshot::channel();
+        let (closed_tx, closed) = oneshot::channel();
+        let span = debug_span!("listener", port = key.port, %addr);
+        let task = tokio::spawn(accept_loop(shared, key, listener, stop_rx, closed_tx).instrument(span));
+        Self { addr, stop, closed, task }
+    }
+
+    /// Stops the accept loop and waits until the socket is closed; the
+    /// returned task finishes once its connections have drained.
+    async fn stop_accepting(self) -> JoinHandle<()> {
+        let _ = self.stop.send(());
+        // An error means the loop is already gone, and the socket with it.
+        let _ = self.closed.await;
+        self.task
+    }
+}
+
+/// Accepts until told to stop, then drains this socket's connections,
+/// bounded by the drain timeout.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    key: BindKey,
+    listener: TcpListener,
+    mut stop: oneshot::Receiver<()>,
+    closed: oneshot::Sender<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = Arc::new(ConnCtx::new(shared.clone(), key.clone(), peer));
+                    let watcher = graceful.watcher();
+                    let span = debug_span!("conn", client = %peer);
+                    conns.spawn(async move { serve_connection(ctx, stream, watcher).await }.instrument(span));
+                }
+                Err(error) if is_per_connection(&error) => debug!(%error, "accept failed"),
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            // Reap finished connections so the set stays small.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = closed.send(());
+
+    let open = graceful.count();
+    debug!(open, "draining");
+    if tokio::time::timeout(shared.config.drain_timeout, graceful.shutdown()).await.is_err() {
+        warn!(port = key.port, "drain timeout: closing remaining connections");
+    }
+    conns.shutdown().await;
+}
+
+async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "set_nodelay failed");
+    }
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| {
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(server::serve(&ctx, req).await) }
+    });
+    let conn = ctx.shared.server.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    if let Err(error) = watcher.watch(conn).await {
+        debug!(%error, "connection error");
+    }
+}
+
+/// Accept errors that concern only the connection being accepted.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}

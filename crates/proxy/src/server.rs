@@ -1,0 +1,152 @@
+//! The per-request service: runs route → headers → filters → pick with the
+//! routing guard held (synchronously), then forwards without it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use sluice_model::{BindKey, Protocol, Snapshot};
+use tokio::sync::watch;
+
+use crate::body::ResponseBody;
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::filters::{self, FilterCtx};
+use crate::upstream::{self, HttpClient, Plan};
+use crate::{headers, route};
+
+/// State shared by every connection and request.
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) client: HttpClient,
+    /// Connection builder (HTTP/1.1 + h2c), configured once.
+    pub(crate) server: auto::Builder<TokioExecutor>,
+    /// Flips to `true` when upgraded tunnels must close; its receiver count
+    /// is the number of open tunnels.
+    tunnels: watch::Sender<bool>,
+}
+
+/// Per-connection request context.
+pub(crate) struct ConnCtx {
+    pub(crate) shared: Arc<Shared>,
+    /// The socket the connection arrived on.
+    pub(crate) key: BindKey,
+    /// The client IP, ready for `X-Forwarded-For`.
+    client_ip: HeaderValue,
+}
+
+/// What the synchronous routing phase decided.
+enum Decision {
+    /// Answer locally (a redirect).
+    Respond(Response<ResponseBody>),
+    /// Forward upstream.
+    Forward(Plan),
+}
+
+// === impl Shared ===
+
+impl Shared {
+    pub(crate) fn new(config: ProxyConfig, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        // hyper rejects a buffer limit below 8 KiB.
+        let header_bytes = config.max_request_header_bytes.max(8 * 1024);
+        server.http1().timer(TokioTimer::new()).max_buf_size(header_bytes);
+        server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+        let client = upstream::client(&config);
+        let (tunnels, _) = watch::channel(false);
+        Self { config, snapshot, client, server, tunnels }
+    }
+
+    /// A handle an upgraded tunnel holds while open; it resolves to `true`
+    /// when the tunnel must close.
+    pub(crate) fn tunnel_stop(&self) -> watch::Receiver<bool> {
+        self.tunnels.subscribe()
+    }
+
+    /// Waits until every tunnel has closed.
+    pub(crate) async fn tunnels_closed(&self) {
+        self.tunnels.closed().await;
+    }
+
+    /// Closes every open tunnel.
+    pub(crate) fn stop_tunnels(&self) {
+        self.tunnels.send_replace(true);
+    }
+}
+
+// === impl ConnCtx ===
+
+impl ConnCtx {
+    pub(crate) fn new(shared: Arc<Shared>, key: BindKey, peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { shared, key, client_ip }
+    }
+}
+
+/// Serves one request; never fails, errors become responses.
+pub(crate) async fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
+    match handle(conn, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            e.log();
+            e.to_response()
+        }
+    }
+}
+
+async fn handle(conn: &ConnCtx, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+    let shared = &*conn.shared;
+    let authority = route::authority(&req)?;
+    if let Some(limit) = shared.config.max_request_body_bytes {
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    match decide(conn, &mut req, &authority)? {
+        Decision::Respond(resp) => Ok(resp),
+        Decision::Forward(plan) => upstream::forward(shared, plan, req).await,
+    }
+}
+
+/// Routing, header preparation, request filters and upstream pick, all
+/// under one `snapshot.load()` guard. Synchronous on purpose: the guard must
+/// not live across an `.await`.
+fn decide(conn: &ConnCtx, req: &mut Request<Incoming>, authority: &HeaderValue) -> Result<Decision, ProxyError> {
+    let shared = &*conn.shared;
+    let snapshot = shared.snapshot.load();
+    let m = route::lookup(&snapshot.routes, &conn.key, req, authority)?;
+    let rule = m.rule;
+    let scheme = match m.listener.protocol {
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+    };
+
+    let http11 = req.version() == Version::HTTP_11;
+    let stripped = headers::strip_request(req.headers_mut(), http11);
+    headers::forwarded(req.headers_mut(), &conn.client_ip, scheme, authority);
+
+    let ctx = FilterCtx { scheme, listener_port: m.listener.port, authority, matched_prefix: m.matched_prefix };
+    if let Some(resp) = filters::apply_request(&rule.filters, req, &ctx)? {
+        return Ok(Decision::Respond(resp));
+    }
+    let (backend, id) = upstream::pick_backend(rule)?;
+    if let Some(resp) = filters::apply_request(&backend.filters, req, &ctx)? {
+        return Ok(Decision::Respond(resp));
+    }
+    let addr = upstream::pick_endpoint(&snapshot.routes, &snapshot.endpoints, id)?;
+    Ok(Decision::Forward(Plan {
+        rule: rule.clone(),
+        backend_filters: (!backend.filters.is_empty()).then(|| backend.filters.clone()),
+        addr,
+        timeout: upstream::timeout(rule, shared.config.request_timeout),
+        upgrade: stripped.upgrade,
+    }))
+}

@@ -1,0 +1,196 @@
+//! Upstream selection and forwarding: weighted backend pick, endpoint
+//! round robin, the pooled HTTP/1.1 client, timeouts.
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Extensions, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{self, Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sluice_model::{BackendId, BackendTarget, Endpoints, Filter, RouteTable, Rule, ServiceRef, WeightedBackend};
+
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::config::ProxyConfig;
+use crate::error::ProxyError;
+use crate::server::Shared;
+use crate::{filters, headers, rng, upgrade};
+
+/// The shared upstream client: one keep-alive pool for every route.
+pub(crate) type HttpClient = Client<HttpConnector, RequestBody>;
+
+/// Everything the forwarding phase needs once the routing guard is gone.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The matched rule (its response filters run on the answer).
+    pub(crate) rule: Arc<Rule>,
+    /// The picked backend's filters, when it has any.
+    pub(crate) backend_filters: Option<Arc<[Filter]>>,
+    /// The picked endpoint.
+    pub(crate) addr: SocketAddr,
+    /// Limit for the response headers to arrive.
+    pub(crate) timeout: Option<Duration>,
+    /// Whether the client asked for a protocol upgrade.
+    pub(crate) upgrade: bool,
+}
+
+/// Builds the upstream client from the static config.
+pub(crate) fn client(config: &ProxyConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.idle_upstream_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        // The Host header is always set by the proxy from the client's
+        // authority; the client must never replace it with the endpoint.
+        .set_host(false)
+        .build(connector)
+}
+
+/// Weighted pick among the rule's backends.
+pub(crate) fn pick_backend(rule: &Rule) -> Result<(&WeightedBackend, BackendId), ProxyError> {
+    let backend =
+        rule.backends.pick(rng::next_u64()).ok_or_else(|| ProxyError::NoBackends { route: rule.route.clone() })?;
+    match backend.target {
+        BackendTarget::Service(id) => Ok((backend, id)),
+        BackendTarget::Invalid => Err(ProxyError::InvalidBackend { route: rule.route.clone() }),
+    }
+}
+
+/// Round-robin pick among the Service's ready endpoints.
+pub(crate) fn pick_endpoint(
+    table: &RouteTable,
+    endpoints: &Endpoints,
+    id: BackendId,
+) -> Result<SocketAddr, ProxyError> {
+    endpoints.get(id).and_then(|set| set.pick()).ok_or_else(|| ProxyError::NoEndpoints {
+        service: table.services().get(id.0 as usize).cloned().unwrap_or_else(|| ServiceRef {
+            namespace: String::new(),
+            name: "?".into(),
+            port: 0,
+        }),
+    })
+}
+
+/// The limit on waiting for response headers: the smaller of the request
+/// timeout (the rule's `timeouts.request`, else the proxy default) and the
+/// rule's `timeouts.backendRequest`; zero disables either.
+pub(crate) fn timeout(rule: &Rule, default: Option<Duration>) -> Option<Duration> {
+    let request = rule.request_timeout.or(default).filter(|d| !d.is_zero());
+    let backend = rule.backend_timeout.filter(|d| !d.is_zero());
+    match (request, backend) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sends the (already filtered) request to `plan.addr` and returns the
+/// upstream's response, streamed, with hop-by-hop headers removed and the
+/// response filters applied.
+pub(crate) async fn forward(
+    shared: &Shared,
+    plan: Plan,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let client_upgrade = plan.upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
+    parts.uri = upstream_uri(plan.addr, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+    parts.extensions = Extensions::new();
+    let up = Request::from_parts(parts, RequestBody::new(body, shared.config.max_request_body_bytes));
+
+    let sent = shared.client.request(up);
+    let result = match plan.timeout {
+        Some(t) => {
+            tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::Timeout { addr: plan.addr, timeout: t })?
+        }
+        None => sent.await,
+    };
+    let mut resp = result.map_err(|e| classify(e, plan.addr))?;
+
+    let switching = plan.upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let Some(client) = client_upgrade.filter(|_| switching) {
+        upgrade::splice(shared, plan.addr, client, hyper::upgrade::on(&mut resp));
+    }
+    let headers = resp.headers_mut();
+    headers::strip_response(headers, switching);
+    filters::apply_response(&plan.rule.filters, headers);
+    if let Some(f) = &plan.backend_filters {
+        filters::apply_response(f, headers);
+    }
+    Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// `http://ADDR/path?query`: the connector dials the endpoint and the
+/// client writes origin-form (`/path?query`) on the wire.
+fn upstream_uri(addr: SocketAddr, original: &Uri) -> Result<Uri, ProxyError> {
+    let authority = Authority::from_maybe_shared(Bytes::from(addr.to_string()))
+        .map_err(|_| ProxyError::Internal("endpoint address is not a valid authority"))?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).map_err(|_| ProxyError::Internal("upstream URI is invalid"))
+}
+
+/// Maps a client error to the proxy error it stands for.
+fn classify(err: legacy::Error, addr: SocketAddr) -> ProxyError {
+    if err.is_connect() {
+        return ProxyError::Connect { addr, source: err };
+    }
+    let mut source = err.source();
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return ProxyError::BodyTooLarge;
+        }
+        source = e.source();
+    }
+    ProxyError::Upstream { addr, source: err }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_model::{BackendGroup, RouteRef};
+
+    fn rule(request: Option<u64>, backend: Option<u64>) -> Rule {
+        Rule {
+            route: Arc::new(RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name: "r".into() }),
+            index: 0,
+            filters: Arc::new([]),
+            backends: BackendGroup::default(),
+            request_timeout: request.map(Duration::from_millis),
+            backend_timeout: backend.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn timeout_takes_the_smallest_enabled_limit() {
+        let d = Some(Duration::from_millis(1000));
+        let ms = |v: u64| Some(Duration::from_millis(v));
+        assert_eq!(timeout(&rule(None, None), None), None);
+        assert_eq!(timeout(&rule(None, None), d), d);
+        assert_eq!(timeout(&rule(Some(300), None), d), ms(300));
+        assert_eq!(timeout(&rule(Some(0), None), d), None, "zero disables the request timeout");
+        assert_eq!(timeout(&rule(Some(0), Some(200)), d), ms(200));
+        assert_eq!(timeout(&rule(None, Some(2000)), d), d);
+        assert_eq!(timeout(&rule(None, Some(0)), None), None);
+    }
+
+    #[test]
+    fn upstream_uri_targets_the_endpoint_and_keeps_path_and_query() -> Result<(), Box<dyn std::error::Error>> {
+        let addr: SocketAddr = "[::1]:8080".parse()?;
+        let uri = upstream_uri(addr, &"http://a.example/x/y?q=1".parse()?)?;
+        assert_eq!(uri, "http://[::1]:8080/x/y?q=1");
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! `sluice run`: load, translate, compile, serve, watch, swap.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use sluice_controller::report::Severity;
+use sluice_controller::source::file;
+use sluice_controller::{Objects, Report, endpoints, translate};
+use sluice_model::{BindKey, RouteTable, Snapshot};
+use sluice_proxy::{Proxy, ProxyConfig};
+use tokio::sync::mpsc;
+
+use crate::check::TranslateArgs;
+
+/// `sluice run` arguments.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// A manifest file or a directory of them (standalone mode). Watched:
+    /// a change recompiles and swaps atomically.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Maps a listener port to a local socket: `PORT=ADDR`, or
+    /// `NAMESPACE/GATEWAY:PORT=ADDR` for one Gateway. Port 0 picks a free
+    /// port. Unmapped ports bind `0.0.0.0:PORT`. Repeatable.
+    #[arg(long = "bind", value_name = "PORT=ADDR")]
+    pub binds: Vec<BindSpec>,
+    /// Admin listener (`/healthz`, `/readyz`, `/config`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+    /// How long shutdown waits for in-flight requests (Go duration).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Upstream connect timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Default request timeout when a rule sets none (0s: none).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// One `--bind` mapping.
+#[derive(Clone, Debug)]
+pub struct BindSpec {
+    gateway: Option<String>,
+    port: u16,
+    addr: SocketAddr,
+}
+
+impl FromStr for BindSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (lhs, addr) = s.split_once('=').ok_or("expected PORT=ADDR or NAMESPACE/GATEWAY:PORT=ADDR")?;
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("invalid address {addr:?}: {e}"))?;
+        let (gateway, port) = match lhs.rsplit_once(':') {
+            Some((gw, port)) if gw.contains('/') => (Some(gw.to_string()), port),
+            _ => (None, lhs),
+        };
+        let port = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
+        Ok(Self { gateway, port, addr })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    sluice_model::duration::parse_go_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 30s, 500ms)"))
+}
+
+fn resolve(binds: &[BindSpec], key: &BindKey) -> SocketAddr {
+    let by_gateway = key
+        .gateway
+        .as_deref()
+        .and_then(|gw| binds.iter().find(|b| b.port == key.port && b.gateway.as_deref() == Some(gw)));
+    by_gateway
+        .or_else(|| binds.iter().find(|b| b.port == key.port && b.gateway.is_none()))
+        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], key.port)), |b| b.addr)
+}
+
+/// Control-half state: the last good objects and the published snapshot.
+struct Controller {
+    args: RunArgs,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    objects: Objects,
+    generation: u64,
+}
+
+impl Controller {
+    /// Reloads the config. Invalid config keeps the last good table.
+    fn reload(&mut self) -> Result<bool, Report> {
+        let started = Instant::now();
+        let (objects, mut report) = file::load(&self.args.config);
+        if report.has_errors() {
+            return Err(report);
+        }
+        if self.generation > 0 && objects.same_except_endpoints(&self.objects) {
+            // Fast path: only endpoints changed; keep the compiled routes.
+            let current = self.snapshot.load_full();
+            let eps = endpoints::build(current.routes.services(), &objects);
+            self.snapshot.store(Arc::new(Snapshot { routes: current.routes.clone(), endpoints: Arc::new(eps) }));
+            self.objects = objects;
+            tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "Endpoints updated");
+            return Ok(false);
+        }
+        let t = translate(&objects, &self.args.translate.options());
+        report.statuses.extend(t.report.statuses);
+        report.diagnostics.extend(t.report.diagnostics);
+        if report.has_errors() {
+            return Err(report);
+        }
+        log_report(&report);
+        let generation = self.generation + 1;
+        let table = RouteTable::compile(t.input, generation);
+        let eps = endpoints::build(table.services(), &objects);
+        let candidates = table.candidate_count();
+        self.snapshot.store(Arc::new(Snapshot { routes: Arc::new(table), endpoints: Arc::new(eps) }));
+        self.objects = objects;
+        self.generation = generation;
+        tracing::info!(
+            generation,
+            candidates,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "Route table applied"
+        );
+        Ok(true)
+    }
+}
+
+fn log_report(report: &Report) {
+    for d in &report.diagnostics {
+        match d.severity {
+            Severity::Error => {
+                tracing::error!(object = %d.object, field = %d.field, reason = %d.message, "Invalid config")
+            }
+            Severity::Warning => {
+                tracing::warn!(object = %d.object, field = %d.field, reason = %d.message, "Config problem")
+            }
+        }
+    }
+    for s in &report.statuses {
+        tracing::debug!(status = %s, "Condition");
+    }
+}
+
+fn print_listening(bound: &[(BindKey, Result<SocketAddr, std::io::Error>)]) {
+    let mut out = std::io::stdout().lock();
+    for (key, res) in bound {
+        let gw = key.gateway.as_deref().unwrap_or("*");
+        match res {
+            Ok(addr) => {
+                let _ = writeln!(out, "listening port={} gateway={gw} addr={addr}", key.port);
+            }
+            Err(e) => tracing::error!(port = key.port, gateway = gw, error = %e, "Cannot bind listener"),
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let proxy = Proxy::new(
+        ProxyConfig {
+            drain_timeout: args.drain_timeout,
+            connect_timeout: args.connect_timeout,
+            request_timeout: (!args.request_timeout.is_zero()).then_some(args.request_timeout),
+            ..ProxyConfig::default()
+        },
+        snapshot.clone(),
+    );
+    let binds = args.binds.clone();
+    let admin_addr = args.admin;
+    let config = args.config.clone();
+    let mut controller = Controller { args, snapshot: snapshot.clone(), objects: Objects::default(), generation: 0 };
+    if let Err(report) = controller.reload() {
+        log_report(&report);
+        for d in report.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+            eprintln!("{d}");
+        }
+        eprintln!("sluice: configuration {} is invalid; not starting", config.display());
+        return Ok(ExitCode::from(crate::EX_CONFIG));
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = admin_addr {
+        let bound =
+            crate::admin::serve(addr, snapshot.clone(), ready.clone()).await.context("binding the admin listener")?;
+        println!("admin addr={bound}");
+    }
+    let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();
+    let bound = proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
+    print_listening(&bound);
+    ready.store(true, Ordering::Release);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = file::watch(&config, move || {
+        let _ = tx.send(());
+    })
+    .context("watching the config path")?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                // Debounce: editors and `kubectl cp` write in several steps.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                while rx.try_recv().is_ok() {}
+                match controller.reload() {
+                    Ok(true) => {
+                        let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();
+                        let bound = proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
+                        print_listening(&bound);
+                    }
+                    Ok(false) => {}
+                    Err(report) => {
+                        log_report(&report);
+                        tracing::error!(generation = controller.generation, "Invalid config change ignored; the last good table keeps serving");
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    tracing::info!("Shutting down: draining connections");
+    ready.store(false, Ordering::Release);
+    proxy.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_specs_parse_port_and_gateway_forms() {
+        let b: BindSpec = "80=127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((b.gateway.as_deref(), b.port), (None, 80));
+        let g: BindSpec = "ns/gw:8080=127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((g.gateway.as_deref(), g.port), (Some("ns/gw"), 8080));
+        assert!("80".parse::<BindSpec>().is_err());
+        let binds = vec![b, g];
+        let key = |gw: Option<&str>, port| BindKey { gateway: gw.map(Arc::from), port };
+        assert_eq!(resolve(&binds, &key(Some("ns/gw"), 8080)).port(), 9000);
+        assert_eq!(resolve(&binds, &key(Some("other/gw"), 80)).to_string(), "127.0.0.1:0");
+        assert_eq!(resolve(&binds, &key(None, 443)).to_string(), "0.0.0.0:443");
+    }
+}
