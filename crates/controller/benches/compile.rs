@@ -25,7 +25,7 @@ fn objects(routes: usize) -> Objects {
     let mut o = Objects::default();
     let mut r = Report::default();
     o.add_yaml(&y, "bench", &mut r);
-    assert!(!r.has_errors());
+    assert!(!r.has_errors(), "{:?}", r.diagnostics.first());
     o
 }
 

@@ -45,7 +45,17 @@ impl Objects {
     /// document that does not parse is an error naming the source, the
     /// object and the field.
     pub fn add_yaml(&mut self, text: &str, source: &str, report: &mut Report) {
-        let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+        // The default budget (1,024 documents, 250,000 nodes) is far below
+        // what a table of 10,000 routes needs; keep the anchor/alias and
+        // depth protections, raise the size caps.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: 1_000_000,
+                max_events: 100_000_000,
+                max_nodes: 50_000_000,
+            },
+        };
+        let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple_with_options(text, options) {
             Ok(docs) => docs,
             Err(e) => {
                 report.push(Severity::Error, source, "", format!("invalid yaml: {e}"));
@@ -212,6 +222,17 @@ spec: {rules: [{matches: [{path: {type: Bogus, value: /a}}]}]}
         assert_eq!(d.object, "HTTPRoute ns/r");
         assert!(d.field.contains("spec.rules[0].matches[0].path.type"), "{d}");
         assert!(d.message.contains("Bogus"), "{d}");
+    }
+
+    #[test]
+    fn thousands_of_documents_in_one_file_parse() {
+        let doc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{name: http, port: 80}]}\n";
+        let yaml = vec![doc; 12_000].join("---\n");
+        let mut o = Objects::default();
+        let mut r = Report::default();
+        o.add_yaml(&yaml, "big.yaml", &mut r);
+        assert!(!r.has_errors(), "{:?}", r.diagnostics.first());
+        assert_eq!(o.services.len(), 12_000);
     }
 
     #[test]
