@@ -105,18 +105,22 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// The host of an authority without its port, case kept: `Example.com:80`
+/// gives `Example.com`, `[::1]:80` gives `::1`.
+pub fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
 /// Normalizes a Host header or `:authority` for matching: drops the port,
 /// a trailing dot, and lowercases (borrowing when already lowercase).
 pub fn normalize_host(authority: &str) -> Cow<'_, str> {
-    let host =
-        if let Some(rest) = authority.strip_prefix('[') {
-            // IPv6 literal: keep the brackets' content.
-            rest.split(']').next().unwrap_or(rest)
-        } else {
-            authority
-                .rsplit_once(':')
-                .map_or(authority, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
-        };
+    let host = strip_port(authority);
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
@@ -177,5 +181,7 @@ mod tests {
         assert_eq!(normalize_host("example.com"), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "::1");
         assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(strip_port("Example.com:8080"), "Example.com");
+        assert_eq!(strip_port("[::1]"), "::1");
     }
 }

@@ -45,17 +45,7 @@ pub(crate) fn lookup<'t, B>(
     })
 }
 
-/// The host of an authority without its port, case kept (`[::1]:80` gives
-/// `::1`), for redirect `Location`s.
-pub(crate) fn host_without_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    }
-}
+pub(crate) use sluice_model::host::strip_port as host_without_port;
 
 #[cfg(test)]
 mod tests {
