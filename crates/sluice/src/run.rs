@@ -1,5 +1,6 @@
 //! `sluice run`: load, translate, compile, serve, watch, swap.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use sluice_controller::report::Severity;
-use sluice_controller::source::file;
+use sluice_controller::source::file::{self, FileEvent};
 use sluice_controller::{Objects, Report, endpoints, translate};
 use sluice_model::{BindKey, RouteTable, Snapshot};
 use sluice_proxy::{Proxy, ProxyConfig};
@@ -164,6 +165,18 @@ fn print_listening(bound: &[(BindKey, Result<SocketAddr, std::io::Error>)]) {
     let _ = out.flush();
 }
 
+/// Quiet period after the last file event before a reload.
+const QUIET: Duration = Duration::from_millis(2);
+/// Longest a reload waits for writers to close their files.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+fn settle_wait(dirty_since: Option<Instant>, writing: &HashSet<PathBuf>) -> Duration {
+    match dirty_since {
+        Some(t) if !writing.is_empty() => MAX_WAIT.saturating_sub(t.elapsed()),
+        _ => QUIET,
+    }
+}
+
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
@@ -200,19 +213,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     print_listening(&bound);
     ready.store(true, Ordering::Release);
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = file::watch(&config, move || {
-        let _ = tx.send(());
+    let (tx, mut rx) = mpsc::unbounded_channel::<FileEvent>();
+    let _watcher = file::watch(&config, move |e| {
+        let _ = tx.send(e);
     })
     .context("watching the config path")?;
+    // Files being written in place are not read until their writer closes
+    // them (or MAX_WAIT passes); otherwise a reload runs once events have
+    // been quiet for QUIET.
+    let mut writing: HashSet<PathBuf> = HashSet::new();
+    let mut dirty_since: Option<Instant> = None;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            Some(()) = rx.recv() => {
-                // Debounce: editors and `kubectl cp` write in several steps.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                while rx.try_recv().is_ok() {}
+            Some(event) = rx.recv() => {
+                match event {
+                    FileEvent::Writing(p) => {
+                        writing.insert(p);
+                    }
+                    FileEvent::Closed(p) => {
+                        writing.remove(&p);
+                    }
+                    FileEvent::Changed => {}
+                }
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            () = tokio::time::sleep(settle_wait(dirty_since, &writing)), if dirty_since.is_some() => {
+                if !writing.is_empty() && dirty_since.is_some_and(|t| t.elapsed() < MAX_WAIT) {
+                    continue;
+                }
+                if !writing.is_empty() {
+                    tracing::warn!(files = writing.len(), "Config files still open for writing; reloading anyway");
+                }
+                writing.clear();
+                dirty_since = None;
                 match controller.reload() {
                     Ok(true) => {
                         let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();

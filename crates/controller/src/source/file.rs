@@ -27,11 +27,22 @@ pub fn load(path: &Path) -> (Objects, Report) {
     if files.is_empty() {
         report.push(Severity::Error, path.display().to_string(), "", "no manifest files (*.yaml, *.yml, *.json) found");
     }
+    let read_any = !files.is_empty();
     for f in files {
         match std::fs::read_to_string(&f) {
             Ok(text) => objects.add_yaml(&text, &f.display().to_string(), &mut report),
             Err(e) => report.push(Severity::Error, f.display().to_string(), "", format!("cannot read: {e}")),
         }
+    }
+    // An empty config is almost always a file caught mid-write or a wrong
+    // path; serving nothing is never what was meant.
+    if read_any && objects.is_empty() && !report.has_errors() {
+        report.push(
+            Severity::Error,
+            path.display().to_string(),
+            "",
+            "no Kubernetes objects Sluice uses were found; refusing an empty configuration",
+        );
     }
     (objects, report)
 }
@@ -62,19 +73,40 @@ fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Watches `path` and calls `on_change` after any change under it. Keep the
-/// returned watcher alive for as long as changes matter.
-pub fn watch(path: &Path, on_change: impl Fn() + Send + 'static) -> notify::Result<RecommendedWatcher> {
+/// What the watcher saw, so the reload loop can wait for writers to finish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileEvent {
+    /// A file is being written in place (truncate, write): do not read it
+    /// until it is closed, or it may be seen empty or cut short.
+    Writing(PathBuf),
+    /// A writer closed the file.
+    Closed(PathBuf),
+    /// Anything else: creation, rename (atomic replace), removal, symlink
+    /// swaps.
+    Changed,
+}
+
+/// Watches `path` and reports changes under it. Keep the returned watcher
+/// alive for as long as changes matter.
+pub fn watch(path: &Path, on_event: impl Fn(FileEvent) + Send + 'static) -> notify::Result<RecommendedWatcher> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
         path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(_))
-        {
-            on_change();
+        let Ok(ev) = res else { return };
+        match ev.kind {
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                ev.paths.into_iter().for_each(|p| on_event(FileEvent::Writing(p)))
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                ev.paths.into_iter().for_each(|p| on_event(FileEvent::Closed(p)))
+            }
+            EventKind::Access(_) => {}
+            _ => on_event(FileEvent::Changed),
         }
     })?;
     watcher.watch(&dir, RecursiveMode::Recursive)?;
@@ -103,6 +135,44 @@ mod tests {
         let names: Vec<_> = objects.services.iter().filter_map(|s| s.metadata.name.clone()).collect();
         assert_eq!(names, vec!["a", "b"]);
         std::fs::remove_dir_all(&dir)
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error() -> std::io::Result<()> {
+        let f = std::env::temp_dir().join(format!("sluice-empty-{}.yaml", std::process::id()));
+        std::fs::write(&f, "")?;
+        let (_, report) = load(&f);
+        assert!(report.has_errors());
+        std::fs::remove_file(&f)
+    }
+
+    #[test]
+    fn in_place_writes_report_writing_then_closed() -> Result<(), Box<dyn std::error::Error>> {
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(format!("sluice-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _w = watch(&dir, move |e| {
+            let _ = tx.send(e);
+        })?;
+        let file = dir.join("a.yaml");
+        let mut f = std::fs::File::create(&file)?;
+        f.write_all(b"kind: x")?;
+        drop(f);
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            let closed = e == FileEvent::Closed(file.clone());
+            seen.push(e);
+            if closed {
+                break;
+            }
+        }
+        let writing = seen.iter().position(|e| *e == FileEvent::Writing(file.clone()));
+        let closed = seen.iter().position(|e| *e == FileEvent::Closed(file.clone()));
+        assert!(matches!((writing, closed), (Some(w), Some(c)) if w < c), "{seen:?}");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 
     #[test]
