@@ -30,7 +30,7 @@ fn table(routes: usize) -> RouteTable {
         ..TableInput::default()
     };
     for i in 0..routes {
-        let route = Arc::new(RouteRef { kind: "HTTPRoute", namespace: "bench".into(), name: format!("r{i}") });
+        let route = Arc::new(RouteRef::new("HTTPRoute", "bench".into(), format!("r{i}")));
         let rule = |index: usize| {
             Arc::new(Rule {
                 route: route.clone(),

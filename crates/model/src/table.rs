@@ -60,7 +60,7 @@ pub enum Precedence {
     Ingress,
 }
 
-/// The object a rule came from, for logs and diagnostics.
+/// The object a rule came from, for logs, metrics and diagnostics.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteRef {
     /// `HTTPRoute` or `Ingress`.
@@ -69,6 +69,8 @@ pub struct RouteRef {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// `namespace/name`, precomputed for metric labels and logs.
+    label: Arc<str>,
 }
 
 /// What a matched rule does.
@@ -201,6 +203,7 @@ pub struct RouteTable {
     pub generation: u64,
     binds: BTreeMap<BindKey, Bind>,
     services: Arc<[ServiceRef]>,
+    service_labels: Arc<[Arc<str>]>,
 }
 
 /// What the proxy reads per request: routes and endpoints, swapped together
@@ -304,6 +307,32 @@ struct Candidate {
     match_index: usize,
 }
 
+// === impl RouteRef ===
+
+impl RouteRef {
+    /// A route reference; precomputes its `namespace/name` label.
+    pub fn new(kind: &'static str, namespace: String, name: String) -> Self {
+        let label = format!("{namespace}/{name}").into();
+        Self { kind, namespace, name, label }
+    }
+
+    /// `namespace/name`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+// === impl Rule ===
+
+impl Rule {
+    /// The rule index as a string, for metric labels (no formatting per
+    /// request).
+    pub fn index_label(&self) -> &str {
+        static LABELS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        LABELS.get_or_init(|| (0..64).map(|i| i.to_string()).collect()).get(self.index).map_or("64+", String::as_str)
+    }
+}
+
 // === impl RouteTable ===
 
 impl RouteTable {
@@ -328,7 +357,8 @@ impl RouteTable {
             binds.entry(l.bind.clone()).or_default().push(listener);
         }
         let binds = binds.into_iter().map(|(key, ls)| (key.clone(), Bind::new(key, ls))).collect();
-        Self { generation, binds, services: input.services.into() }
+        let service_labels = input.services.iter().map(|s| Arc::from(s.to_string())).collect();
+        Self { generation, binds, services: input.services.into(), service_labels }
     }
 
     /// The bind for a socket key.
@@ -344,6 +374,11 @@ impl RouteTable {
     /// Services referenced by backends, indexed by [`crate::BackendId`].
     pub fn services(&self) -> &Arc<[ServiceRef]> {
         &self.services
+    }
+
+    /// `namespace/name:port` of a backend, for metric labels.
+    pub fn service_label(&self, id: crate::BackendId) -> Option<&Arc<str>> {
+        self.service_labels.get(id.0 as usize)
     }
 
     /// Human-readable dump of the compiled routes (`sluice check`).
@@ -367,6 +402,63 @@ impl RouteTable {
             }
         }
         out
+    }
+
+    /// The compiled table as JSON (admin `/config`): sockets, listeners,
+    /// host groups and, per group, the match candidates in precedence order
+    /// with their backends, weights and (given `endpoints`) addresses.
+    pub fn to_json(&self, endpoints: Option<&Endpoints>) -> serde_json::Value {
+        use serde_json::json;
+        let backend = |b: &crate::backend::WeightedBackend| match &b.target {
+            BackendTarget::Service(id) => json!({
+                "service": self.services.get(id.0 as usize).map(ToString::to_string),
+                "weight": b.weight,
+                "endpoints": endpoints.and_then(|e| e.get(*id)).map(|set| set.addrs().iter().map(ToString::to_string).collect::<Vec<_>>()),
+            }),
+            BackendTarget::Invalid => json!({"service": null, "invalid": true, "weight": b.weight}),
+        };
+        let candidate = |c: &Candidate| {
+            let (kind, value) = match &c.path {
+                PathMatch::Exact(p) => ("Exact", p.clone()),
+                PathMatch::Prefix(p) => ("PathPrefix", if p.is_empty() { "/".to_string() } else { p.clone() }),
+                PathMatch::Regex(re) => ("RegularExpression", re.as_str().to_string()),
+            };
+            let r = &c.rule;
+            json!({
+                "path": {"type": kind, "value": value},
+                "method": c.conditions.method.as_ref().map(Method::as_str),
+                "headers": c.conditions.headers.iter().map(|h| json!({"name": h.name.as_str(), "value": h.value.to_string()})).collect::<Vec<_>>(),
+                "queryParams": c.conditions.query.iter().map(|q| json!({"name": q.name, "value": q.value.to_string()})).collect::<Vec<_>>(),
+                "route": {"kind": r.route.kind, "namespace": r.route.namespace, "name": r.route.name, "rule": r.index},
+                "filters": r.filters.iter().map(|f| match f {
+                    Filter::RequestHeaders(_) => "RequestHeaderModifier",
+                    Filter::ResponseHeaders(_) => "ResponseHeaderModifier",
+                    Filter::Redirect(_) => "RequestRedirect",
+                    Filter::Rewrite(_) => "URLRewrite",
+                }).collect::<Vec<_>>(),
+                "backends": r.backends.backends().iter().map(backend).collect::<Vec<_>>(),
+            })
+        };
+        let binds: Vec<_> = self
+            .binds
+            .iter()
+            .map(|(key, bind)| {
+                json!({
+                    "port": key.port,
+                    "gateway": key.gateway.as_deref(),
+                    "listeners": bind.listeners.iter().map(|l| json!({
+                        "name": &*l.name,
+                        "hostname": l.hostname.to_string(),
+                        "protocol": match l.protocol { Protocol::Http => "HTTP", Protocol::Https => "HTTPS" },
+                        "hosts": l.hosts.groups.iter().map(|g| json!({
+                            "host": g.host.to_string(),
+                            "matches": g.all.iter().map(|c| candidate(c)).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"generation": self.generation, "binds": binds})
     }
 
     /// Number of match candidates across all listeners (a size measure).

@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_its_status() {
-        let route = Arc::new(RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name: "r".into() });
+        let route = Arc::new(RouteRef::new("HTTPRoute", "ns".into(), "r".into()));
         let service = ServiceRef { namespace: "ns".into(), name: "svc".into(), port: 80 };
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
         let cases = [

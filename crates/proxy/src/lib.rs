@@ -26,12 +26,15 @@
 //! `ArcSwap::load` lives only in the synchronous part of `server.rs`; no
 //! `.await` happens while it is held.
 
+mod access_log;
 mod body;
 mod config;
 mod error;
 mod filters;
 mod headers;
 mod listener;
+pub mod metrics;
+mod observe;
 pub mod rng;
 mod route;
 mod server;
@@ -45,8 +48,25 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use sluice_model::{BindKey, Snapshot};
 
+pub use access_log::{AccessLog, AccessLogTarget, rfc3339};
 pub use config::ProxyConfig;
 pub use error::{Fault, ProxyError};
+pub use metrics::Metrics;
+
+/// Observability wiring for [`Proxy::with_telemetry`].
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// Registry the request metrics are registered in.
+    pub registry: prometheus::Registry,
+    /// Access log writer; `None` turns the access log off.
+    pub access_log: Option<AccessLog>,
+}
+
+#[allow(clippy::panic)]
+fn unreachable_metrics() -> Metrics {
+    // A fresh registry cannot hold duplicates.
+    panic!("registering metrics in an empty registry failed")
+}
 
 /// The data plane: listening sockets plus the shared request-path state.
 ///
@@ -67,10 +87,27 @@ impl Proxy {
     /// Every request reads `snapshot` once; storing a new [`Snapshot`]
     /// changes routing for requests that start afterwards.
     pub fn new(config: ProxyConfig, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        Self::with_telemetry(config, snapshot, Telemetry::default())
+    }
+
+    /// Builds the proxy with metrics in `telemetry.registry` and an access
+    /// log when `telemetry.access_log` is set.
+    pub fn with_telemetry(config: ProxyConfig, snapshot: Arc<ArcSwap<Snapshot>>, telemetry: Telemetry) -> Self {
+        let metrics = Metrics::new(&telemetry.registry).unwrap_or_else(|e| {
+            // Only a duplicate registration can fail: fall back to a
+            // private registry rather than serving without metrics.
+            tracing::warn!(error = %e, "Metrics already registered; using a private registry");
+            Metrics::new(&prometheus::Registry::new()).unwrap_or_else(|_| unreachable_metrics())
+        });
         Self {
-            shared: Arc::new(server::Shared::new(config, snapshot)),
+            shared: Arc::new(server::Shared::new(config, snapshot, metrics, telemetry.access_log)),
             sockets: Arc::new(listener::Sockets::default()),
         }
+    }
+
+    /// The proxy's metrics (render them for `/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Makes the set of listening sockets equal to `keys`.

@@ -171,6 +171,7 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
+    let open = shared.metrics.downstream_connections.with_label_values(&[&key.port.to_string()]);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -179,7 +180,14 @@ async fn accept_loop(
                     let ctx = Arc::new(ConnCtx::new(shared.clone(), key.clone(), peer));
                     let watcher = graceful.watcher();
                     let span = debug_span!("conn", client = %peer);
-                    conns.spawn(async move { serve_connection(ctx, stream, watcher).await }.instrument(span));
+                    let gauge = GaugeGuard::new(open.clone());
+                    conns.spawn(
+                        async move {
+                            serve_connection(ctx, stream, watcher).await;
+                            drop(gauge);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(error) if is_per_connection(&error) => debug!(%error, "accept failed"),
                 Err(error) => {
@@ -200,6 +208,22 @@ async fn accept_loop(
         warn!(port = key.port, "drain timeout: closing remaining connections");
     }
     conns.shutdown().await;
+}
+
+/// Holds a gauge up for as long as it lives (drops count, aborts too).
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher) {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{CONTENT_LENGTH, HeaderValue};
@@ -13,10 +14,13 @@ use hyper_util::server::conn::auto;
 use sluice_model::{BindKey, Protocol, Snapshot};
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::body::ResponseBody;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::filters::{self, FilterCtx};
+use crate::metrics::Metrics;
+use crate::observe::{AccessFields, Finish, ObservedBody, Outcome};
 use crate::upstream::{self, HttpClient, Plan};
 use crate::{headers, route};
 
@@ -30,6 +34,10 @@ pub(crate) struct Shared {
     /// Flips to `true` when upgraded tunnels must close; its receiver count
     /// is the number of open tunnels.
     tunnels: watch::Sender<bool>,
+    /// Request metrics.
+    pub(crate) metrics: Metrics,
+    /// Access log writer, when enabled.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// Per-connection request context.
@@ -38,7 +46,7 @@ pub(crate) struct ConnCtx {
     /// The socket the connection arrived on.
     pub(crate) key: BindKey,
     /// The client IP, ready for `X-Forwarded-For`.
-    client_ip: HeaderValue,
+    pub(crate) client_ip: HeaderValue,
 }
 
 /// What the synchronous routing phase decided.
@@ -52,15 +60,20 @@ enum Decision {
 // === impl Shared ===
 
 impl Shared {
-    pub(crate) fn new(config: ProxyConfig, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+    pub(crate) fn new(
+        config: ProxyConfig,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Metrics,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         let mut server = auto::Builder::new(TokioExecutor::new());
         // hyper rejects a buffer limit below 8 KiB.
         let header_bytes = config.max_request_header_bytes.max(8 * 1024);
         server.http1().timer(TokioTimer::new()).max_buf_size(header_bytes);
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
-        let client = upstream::client(&config);
+        let client = upstream::client(&config, &metrics);
         let (tunnels, _) = watch::channel(false);
-        Self { config, snapshot, client, server, tunnels }
+        Self { config, snapshot, client, server, tunnels, metrics, access_log }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`
@@ -90,18 +103,47 @@ impl ConnCtx {
     }
 }
 
-/// Serves one request; never fails, errors become responses.
-pub(crate) async fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
-    match handle(conn, req).await {
+/// Serves one request; never fails, errors become responses. The request
+/// is recorded (metrics, access log) when its response body ends.
+pub(crate) async fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Response<ObservedBody> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let access = conn.shared.access_log.as_ref().map(|_| AccessFields {
+        time: SystemTime::now(),
+        client: conn.client_ip.clone(),
+        host: req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| req.headers().get(http::header::HOST).cloned())
+            .unwrap_or_else(|| HeaderValue::from_static("")),
+        uri: req.uri().clone(),
+        version: req.version(),
+    });
+    let mut outcome = Outcome::default();
+    let resp = match handle(conn, req, &mut outcome).await {
         Ok(resp) => resp,
         Err(e) => {
             e.log();
+            let backend = outcome.backend.as_deref().unwrap_or("");
+            match &e {
+                ProxyError::Connect { .. } => conn.shared.metrics.upstream_connect_error(backend),
+                ProxyError::Timeout { .. } => conn.shared.metrics.upstream_timeout(backend),
+                _ => {}
+            }
             e.to_response()
         }
-    }
+    };
+    let status = resp.status();
+    let finish = Finish { shared: conn.shared.clone(), start, method, status, outcome, access };
+    resp.map(|body| ObservedBody::new(body, finish))
 }
 
-async fn handle(conn: &ConnCtx, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+async fn handle(
+    conn: &ConnCtx,
+    mut req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let shared = &*conn.shared;
     let authority = route::authority(&req)?;
     if let Some(limit) = shared.config.max_request_body_bytes {
@@ -110,20 +152,31 @@ async fn handle(conn: &ConnCtx, mut req: Request<Incoming>) -> Result<Response<R
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    match decide(conn, &mut req, &authority)? {
+    match decide(conn, &mut req, &authority, outcome)? {
         Decision::Respond(resp) => Ok(resp),
-        Decision::Forward(plan) => upstream::forward(shared, plan, req).await,
+        Decision::Forward(plan) => {
+            let sent = Instant::now();
+            let resp = upstream::forward(shared, plan, req).await;
+            outcome.upstream_elapsed = Some(sent.elapsed());
+            resp
+        }
     }
 }
 
 /// Routing, header preparation, request filters and upstream pick, all
 /// under one `snapshot.load()` guard. Synchronous on purpose: the guard must
 /// not live across an `.await`.
-fn decide(conn: &ConnCtx, req: &mut Request<Incoming>, authority: &HeaderValue) -> Result<Decision, ProxyError> {
+fn decide(
+    conn: &ConnCtx,
+    req: &mut Request<Incoming>,
+    authority: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Decision, ProxyError> {
     let shared = &*conn.shared;
     let snapshot = shared.snapshot.load();
     let m = route::lookup(&snapshot.routes, &conn.key, req, authority)?;
     let rule = m.rule;
+    outcome.rule = Some(rule.clone());
     let scheme = match m.listener.protocol {
         Protocol::Http => "http",
         Protocol::Https => "https",
@@ -138,10 +191,12 @@ fn decide(conn: &ConnCtx, req: &mut Request<Incoming>, authority: &HeaderValue) 
         return Ok(Decision::Respond(resp));
     }
     let (backend, id) = upstream::pick_backend(rule)?;
+    outcome.backend = snapshot.routes.service_label(id).cloned();
     if let Some(resp) = filters::apply_request(&backend.filters, req, &ctx)? {
         return Ok(Decision::Respond(resp));
     }
     let addr = upstream::pick_endpoint(&snapshot.routes, &snapshot.endpoints, id)?;
+    outcome.upstream = Some(addr);
     Ok(Decision::Forward(Plan {
         rule: rule.clone(),
         backend_filters: (!backend.filters.is_empty()).then(|| backend.filters.clone()),

@@ -3,25 +3,44 @@
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{self, Client, connect::HttpConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntGauge;
 use sluice_model::{BackendId, BackendTarget, Endpoints, Filter, RouteTable, Rule, ServiceRef, WeightedBackend};
 
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::body::{BodyTooLarge, BoxError, RequestBody, ResponseBody};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::server::Shared;
 use crate::{filters, headers, rng, upgrade};
 
 /// The shared upstream client: one keep-alive pool for every route.
-pub(crate) type HttpClient = Client<HttpConnector, RequestBody>;
+pub(crate) type HttpClient = Client<CountingConnector, RequestBody>;
+
+/// [`HttpConnector`] that keeps `sluice_upstream_connections` up to date.
+#[derive(Clone, Debug)]
+pub(crate) struct CountingConnector {
+    inner: HttpConnector,
+    open: IntGauge,
+}
+
+/// An upstream connection that decrements the gauge when closed.
+#[derive(Debug)]
+pub(crate) struct Counted<T> {
+    io: T,
+    open: IntGauge,
+}
 
 /// Everything the forwarding phase needs once the routing guard is gone.
 #[derive(Debug)]
@@ -39,7 +58,7 @@ pub(crate) struct Plan {
 }
 
 /// Builds the upstream client from the static config.
-pub(crate) fn client(config: &ProxyConfig) -> HttpClient {
+pub(crate) fn client(config: &ProxyConfig, metrics: &Metrics) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
@@ -50,7 +69,80 @@ pub(crate) fn client(config: &ProxyConfig) -> HttpClient {
         // The Host header is always set by the proxy from the client's
         // authority; the client must never replace it with the endpoint.
         .set_host(false)
-        .build(connector)
+        .build(CountingConnector { inner: connector, open: metrics.upstream_connections.clone() })
+}
+
+// === impl CountingConnector ===
+
+impl tower::Service<Uri> for CountingConnector {
+    type Response = Counted<<HttpConnector as tower::Service<Uri>>::Response>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // Boxed: one allocation per new connection, not per request.
+        let connecting = self.inner.call(uri);
+        let open = self.open.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            open.inc();
+            Ok(Counted { io, open })
+        })
+    }
+}
+
+// === impl Counted ===
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
 }
 
 /// Weighted pick among the rule's backends.
@@ -164,7 +256,7 @@ mod tests {
 
     fn rule(request: Option<u64>, backend: Option<u64>) -> Rule {
         Rule {
-            route: Arc::new(RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name: "r".into() }),
+            route: Arc::new(RouteRef::new("HTTPRoute", "ns".into(), "r".into())),
             index: 0,
             filters: Arc::new([]),
             backends: BackendGroup::default(),

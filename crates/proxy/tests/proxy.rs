@@ -170,7 +170,7 @@ impl Fixture {
     /// A route for `host` ("" for any) and `path` with one rule.
     fn route(&mut self, host: &str, path: PathMatch, spec: RuleSpec) {
         let name = format!("route{}", self.input.routes.len());
-        let route = Arc::new(RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name });
+        let route = Arc::new(RouteRef::new("HTTPRoute", "ns".into(), name));
         let rule = Arc::new(Rule {
             route: route.clone(),
             index: 0,

@@ -12,6 +12,10 @@
 //! * `/ws` (and any `Upgrade: websocket` / HTTP/2 extended CONNECT request): a WebSocket echo.
 //!
 //! HTTP/1.x and HTTP/2 with prior knowledge (h2c) are served on the same port.
+//!
+//! With `--static-body` (for load tests) every request, whatever its path, is drained and answered
+//! `200 text/plain` with the body `ok\n` and an `X-Pod: <pod>` header naming the backend; no JSON
+//! is built, so the backend is cheap next to the proxy under test.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -75,6 +79,11 @@ pub struct EchoArgs {
     /// Do not log a line per echoed request (for load tests).
     #[arg(long)]
     pub quiet: bool,
+
+    /// Load-test mode: answer every request `200 text/plain` with the body `ok\n` and an
+    /// `X-Pod: <pod>` header (the request body is still drained); no echo JSON is built.
+    #[arg(long)]
+    pub static_body: bool,
 }
 
 /// Identity and settings shared by every connection.
@@ -86,6 +95,8 @@ struct EchoState {
     ingress: String,
     http_port: String,
     quiet: bool,
+    /// `Some(X-Pod value)` in `--static-body` mode.
+    static_pod: Option<HeaderValue>,
 }
 
 impl EchoState {
@@ -95,6 +106,8 @@ impl EchoState {
             .filter(|p| !p.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| "echo".to_owned());
+        let static_pod =
+            args.static_body.then(|| HeaderValue::from_str(&pod).unwrap_or_else(|_| HeaderValue::from_static("echo")));
         Self {
             pod,
             namespace: args.namespace,
@@ -102,6 +115,7 @@ impl EchoState {
             ingress: args.ingress,
             http_port: port.to_string(),
             quiet: args.quiet,
+            static_pod,
         }
     }
 }
@@ -203,6 +217,9 @@ impl ShutdownSignals {
 
 /// Routes one request.
 async fn handle(req: Request<Incoming>, state: Arc<EchoState>, remote: SocketAddr) -> Response<Full<Bytes>> {
+    if let Some(pod) = &state.static_pod {
+        return static_response(req, pod.clone()).await;
+    }
     let route = routing_path(req.uri().path());
     if route == "/ws" || is_websocket_request(&req) {
         return websocket(req, remote);
@@ -225,6 +242,19 @@ async fn handle(req: Request<Incoming>, state: Arc<EchoState>, remote: SocketAdd
         return resp;
     }
     echo(req, &state, remote).await
+}
+
+/// `--static-body`: drains the request body, then `200 text/plain` `ok\n` with `X-Pod`.
+async fn static_response(req: Request<Incoming>, pod: HeaderValue) -> Response<Full<Bytes>> {
+    let (_, body) = req.into_parts();
+    if let Err(resp) = drain(body).await {
+        return resp;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(HeaderName::from_static("x-pod"), pod);
+    resp
 }
 
 /// The path used for routing: `//` collapsed to `/` (the echoed `path` is left untouched).

@@ -13,8 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for invalid configuration (sysexits `EX_USAGE`... `EX_CONFIG`).
+/// Exit code for invalid configuration (sysexits `EX_CONFIG`).
 pub const EX_CONFIG: u8 = 78;
+/// Exit code for invalid command-line usage (sysexits `EX_USAGE`).
+pub const EX_USAGE: u8 = 64;
 
 /// Sluice: a Kubernetes ingress and Gateway API data plane.
 #[derive(Parser, Debug)]
@@ -40,7 +42,12 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => Ok(check::run(&args)),
         Command::Run(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            // Workers flush their thread-local request metrics when they go
+            // idle, so a scrape never misses a quiet worker's last requests.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .on_thread_park(sluice_proxy::metrics::flush_thread)
+                .build()?;
             rt.block_on(run::run(args))
         }
         Command::Echo(args) => {

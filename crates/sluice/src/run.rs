@@ -8,17 +8,19 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Registry};
 use sluice_controller::report::Severity;
 use sluice_controller::source::file::{self, FileEvent};
 use sluice_controller::{Objects, Report, endpoints, translate};
 use sluice_model::{BindKey, RouteTable, Snapshot};
-use sluice_proxy::{Proxy, ProxyConfig};
+use sluice_proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig, Telemetry};
 use tokio::sync::mpsc;
 
+use crate::admin::{AdminState, LastApply};
 use crate::check::TranslateArgs;
 
 /// `sluice run` arguments.
@@ -33,9 +35,22 @@ pub struct RunArgs {
     /// port. Unmapped ports bind `0.0.0.0:PORT`. Repeatable.
     #[arg(long = "bind", value_name = "PORT=ADDR")]
     pub binds: Vec<BindSpec>,
-    /// Admin listener (`/healthz`, `/readyz`, `/config`).
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`,
+    /// `/diagnostics`). Loopback by default; in a cluster use the pod IP
+    /// (e.g. `--admin $(POD_IP):9901`) so Prometheus can scrape it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Do not start the admin listener.
+    #[arg(long)]
+    pub no_admin: bool,
+    /// Allow `--admin` on all interfaces (0.0.0.0 or ::), which would expose
+    /// config and metrics to anyone who can reach the host.
+    #[arg(long)]
+    pub admin_allow_any: bool,
+    /// Access log: one JSON line per request to `-` (stdout) or a file.
+    /// Off by default.
+    #[arg(long, value_name = "-|PATH")]
+    pub access_log: Option<String>,
     #[command(flatten)]
     pub translate: TranslateArgs,
     /// How long shutdown waits for in-flight requests (Go duration).
@@ -92,11 +107,80 @@ struct Controller {
     snapshot: Arc<ArcSwap<Snapshot>>,
     objects: Objects,
     generation: u64,
+    metrics: ControlMetrics,
+    admin: Arc<AdminState>,
+}
+
+/// Control-plane metrics, registered beside the proxy's.
+struct ControlMetrics {
+    generation: IntGauge,
+    applies: IntCounter,
+    failures: IntCounter,
+    apply_seconds: Histogram,
+    endpoint_updates: IntCounter,
+    candidates: IntGauge,
+    backends: IntGauge,
+}
+
+impl ControlMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            generation: IntGauge::new("sluice_config_generation", "Generation of the route table being served.")?,
+            applies: IntCounter::new("sluice_config_applies_total", "Route tables compiled and swapped in.")?,
+            failures: IntCounter::new(
+                "sluice_config_apply_failures_total",
+                "Config changes rejected as invalid (the last good table kept serving).",
+            )?,
+            apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_config_apply_duration_seconds",
+                    "Time from the first config change event to the new table being swapped in.",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )?,
+            endpoint_updates: IntCounter::new(
+                "sluice_endpoint_updates_total",
+                "Endpoint-only changes applied without recompiling routes.",
+            )?,
+            candidates: IntGauge::new("sluice_route_table_matches", "Match candidates in the route table (its size).")?,
+            backends: IntGauge::new("sluice_route_table_backends", "Service ports the route table sends traffic to.")?,
+        };
+        registry.register(Box::new(m.generation.clone()))?;
+        registry.register(Box::new(m.applies.clone()))?;
+        registry.register(Box::new(m.failures.clone()))?;
+        registry.register(Box::new(m.apply_seconds.clone()))?;
+        registry.register(Box::new(m.endpoint_updates.clone()))?;
+        registry.register(Box::new(m.candidates.clone()))?;
+        registry.register(Box::new(m.backends.clone()))?;
+        let info = IntGaugeVec::new(prometheus::Opts::new("sluice_build_info", "Sluice version."), &["version"])?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(info))?;
+        Ok(m)
+    }
 }
 
 impl Controller {
-    /// Reloads the config. Invalid config keeps the last good table.
-    fn reload(&mut self) -> Result<bool, Report> {
+    /// Reloads the config (changed since `since`). Invalid config keeps the
+    /// last good table.
+    fn reload(&mut self, since: Instant) -> Result<bool, Report> {
+        let result = self.try_reload(since);
+        match &result {
+            Ok(_) => {}
+            Err(report) => {
+                self.metrics.failures.inc();
+                let last = self.admin.last.load();
+                self.admin.last.store(Arc::new(LastApply {
+                    applied_at: last.applied_at,
+                    generation: last.generation,
+                    rejected: true,
+                    report: report.clone(),
+                }));
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self, since: Instant) -> Result<bool, Report> {
         let started = Instant::now();
         let (objects, mut report) = file::load(&self.args.config);
         if report.has_errors() {
@@ -108,6 +192,8 @@ impl Controller {
             let eps = endpoints::build(current.routes.services(), &objects);
             self.snapshot.store(Arc::new(Snapshot { routes: current.routes.clone(), endpoints: Arc::new(eps) }));
             self.objects = objects;
+            self.metrics.endpoint_updates.inc();
+            self.metrics.apply_seconds.observe(since.elapsed().as_secs_f64());
             tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "Endpoints updated");
             return Ok(false);
         }
@@ -118,13 +204,27 @@ impl Controller {
             return Err(report);
         }
         log_report(&report);
+        let report = report.clone();
         let generation = self.generation + 1;
         let table = RouteTable::compile(t.input, generation);
         let eps = endpoints::build(table.services(), &objects);
         let candidates = table.candidate_count();
+        let backends = table.services().len();
         self.snapshot.store(Arc::new(Snapshot { routes: Arc::new(table), endpoints: Arc::new(eps) }));
         self.objects = objects;
         self.generation = generation;
+        let m = &self.metrics;
+        m.apply_seconds.observe(since.elapsed().as_secs_f64());
+        m.applies.inc();
+        m.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        m.candidates.set(i64::try_from(candidates).unwrap_or(i64::MAX));
+        m.backends.set(i64::try_from(backends).unwrap_or(i64::MAX));
+        self.admin.last.store(Arc::new(LastApply {
+            applied_at: Some(SystemTime::now()),
+            generation,
+            rejected: false,
+            report,
+        }));
         tracing::info!(
             generation,
             candidates,
@@ -179,8 +279,21 @@ fn settle_wait(dirty_since: Option<Instant>, writing: &HashSet<PathBuf>) -> Dura
 
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.no_admin && args.admin.ip().is_unspecified() && !args.admin_allow_any {
+        eprintln!(
+            "sluice: --admin {} would expose the admin API on every interface; use the pod IP or loopback, or pass --admin-allow-any",
+            args.admin
+        );
+        return Ok(ExitCode::from(crate::EX_USAGE));
+    }
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-    let proxy = Proxy::new(
+    let registry = Registry::new();
+    let access_log = match args.access_log.as_deref() {
+        None => None,
+        Some("-") => Some(AccessLog::start(AccessLogTarget::Stdout)?),
+        Some(path) => Some(AccessLog::start(AccessLogTarget::File(path.into())).context("opening the access log")?),
+    };
+    let proxy = Proxy::with_telemetry(
         ProxyConfig {
             drain_timeout: args.drain_timeout,
             connect_timeout: args.connect_timeout,
@@ -188,12 +301,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..ProxyConfig::default()
         },
         snapshot.clone(),
+        Telemetry { registry: registry.clone(), access_log },
     );
+    let admin = Arc::new(AdminState {
+        snapshot: snapshot.clone(),
+        ready: AtomicBool::new(false),
+        metrics: proxy.metrics().clone(),
+        last: ArcSwap::from_pointee(LastApply::default()),
+    });
     let binds = args.binds.clone();
-    let admin_addr = args.admin;
+    let admin_addr = (!args.no_admin).then_some(args.admin);
     let config = args.config.clone();
-    let mut controller = Controller { args, snapshot: snapshot.clone(), objects: Objects::default(), generation: 0 };
-    if let Err(report) = controller.reload() {
+    let mut controller = Controller {
+        args,
+        snapshot: snapshot.clone(),
+        objects: Objects::default(),
+        generation: 0,
+        metrics: ControlMetrics::new(&registry).context("registering metrics")?,
+        admin: admin.clone(),
+    };
+    if let Err(report) = controller.reload(Instant::now()) {
         log_report(&report);
         for d in report.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
             eprintln!("{d}");
@@ -202,16 +329,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(crate::EX_CONFIG));
     }
 
-    let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = admin_addr {
         let bound =
-            crate::admin::serve(addr, snapshot.clone(), ready.clone()).await.context("binding the admin listener")?;
+            crate::admin::serve(addr, admin.clone()).with_context(|| format!("binding the admin listener {addr}"))?;
         println!("admin addr={bound}");
     }
     let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();
     let bound = proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
     print_listening(&bound);
-    ready.store(true, Ordering::Release);
+    admin.ready.store(true, Ordering::Release);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<FileEvent>();
     let _watcher = file::watch(&config, move |e| {
@@ -247,8 +373,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     tracing::warn!(files = writing.len(), "Config files still open for writing; reloading anyway");
                 }
                 writing.clear();
-                dirty_since = None;
-                match controller.reload() {
+                let since = dirty_since.take().unwrap_or_else(Instant::now);
+                match controller.reload(since) {
                     Ok(true) => {
                         let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();
                         let bound = proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
@@ -266,7 +392,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("Shutting down: draining connections");
-    ready.store(false, Ordering::Release);
+    admin.ready.store(false, Ordering::Release);
     proxy.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -377,11 +377,7 @@ fn attach_route(
                 if let Some(listener) = l.index {
                     input.routes.push(RouteInput {
                         listener,
-                        route: Arc::new(RouteRef {
-                            kind: "HTTPRoute",
-                            namespace: ns.to_string(),
-                            name: rname.to_string(),
-                        }),
+                        route: Arc::new(RouteRef::new("HTTPRoute", ns.to_string(), rname.to_string())),
                         created: created(&route.metadata),
                         hostnames,
                         rules: c.rules.clone(),
@@ -438,7 +434,7 @@ fn attach_route(
 fn compile_rules(route: &HttpRoute, objects: &Objects, services: &mut Services, report: &mut Report) -> CompiledRoute {
     let (ns, rname) = (namespace(&route.metadata), name(&route.metadata));
     let object = format!("HTTPRoute {ns}/{rname}");
-    let route_ref = Arc::new(RouteRef { kind: "HTTPRoute", namespace: ns.to_string(), name: rname.to_string() });
+    let route_ref = Arc::new(RouteRef::new("HTTPRoute", ns.to_string(), rname.to_string()));
     let rules = route.spec.rules.as_deref().unwrap_or_default();
     let mut out =
         CompiledRoute { rules: Vec::new(), unresolved: Vec::new(), dropped: Vec::new(), total_rules: rules.len() };

@@ -91,7 +91,7 @@ fn translate_one(
 ) {
     let (ns, iname) = (namespace(&ing.metadata), name(&ing.metadata));
     let object = format!("Ingress {ns}/{iname}");
-    let route = Arc::new(RouteRef { kind: "Ingress", namespace: ns.to_string(), name: iname.to_string() });
+    let route = Arc::new(RouteRef::new("Ingress", ns.to_string(), iname.to_string()));
     let Some(spec) = ing.spec.as_ref() else { return };
     let mut rule_index = 0;
     for (ri, r) in spec.rules.iter().flatten().enumerate() {

@@ -21,7 +21,7 @@ fn gw_listener(host: &str) -> ListenerInput {
 
 fn rule(route: &str, index: usize, backend: u32) -> Arc<Rule> {
     Arc::new(Rule {
-        route: Arc::new(RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name: route.into() }),
+        route: Arc::new(RouteRef::new("HTTPRoute", "ns".into(), route.into())),
         index,
         filters: Arc::new([]),
         backends: BackendGroup::new(vec![WeightedBackend {
@@ -63,7 +63,7 @@ impl Fixture {
             .collect();
         self.input.routes.push(RouteInput {
             listener,
-            route: Arc::new(RouteRef { kind: "HTTPRoute", namespace: "ns".into(), name: name.into() }),
+            route: Arc::new(RouteRef::new("HTTPRoute", "ns".into(), name.into())),
             created,
             hostnames,
             rules,

@@ -452,7 +452,7 @@ impl Sluice {
 
     /// `/config`: (generation, body).
     pub fn config_dump(&self) -> (u64, String) {
-        let (status, body) = self.admin_get("/config").expect("admin /config reachable");
+        let (status, body) = self.admin_get("/config?format=text").expect("admin /config reachable");
         assert_eq!(status, 200, "admin /config: {body}");
         let first = body.lines().next().unwrap_or_default();
         let generation = first
