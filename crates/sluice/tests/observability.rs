@@ -314,3 +314,90 @@ fn admin_refuses_every_interface_unless_asked() {
     let _ = child.wait();
     assert_eq!(health, Some(200), "--admin-allow-any binds every interface");
 }
+
+/// The PrometheusRule, ServiceMonitor and Grafana dashboard in
+/// `deploy/observability` parse, and every metric they query is one Sluice
+/// exports (after traffic, so histograms exist).
+#[test]
+fn deploy_rules_and_dashboard_query_metrics_sluice_exports() {
+    if !require_curl("deploy_rules_and_dashboard_query_metrics_sluice_exports") {
+        return;
+    }
+    let deploy = support::repo_dir().join("deploy/observability");
+    let read = |name: &str| std::fs::read_to_string(deploy.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let rules = read("prometheusrule.yaml");
+    let monitor = read("servicemonitor.yaml");
+    let dashboard = read("sluice-dashboard.json");
+    let rules_doc: serde_json::Value = serde_saphyr::from_str(&rules).expect("prometheusrule.yaml is YAML");
+    assert_eq!(rules_doc["kind"], "PrometheusRule");
+    let monitor_doc: serde_json::Value = serde_saphyr::from_str(&monitor).expect("servicemonitor.yaml is YAML");
+    assert_eq!(monitor_doc["spec"]["endpoints"][0]["path"], "/metrics");
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut exprs: Vec<String> = rules_doc["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["expr"].as_str().map(str::to_string))
+        .collect();
+    exprs.extend(
+        dash["panels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t["expr"].as_str().map(str::to_string)),
+    );
+    // The SLO rules users already run must be there verbatim.
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e == r#"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))"#)
+    );
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e
+                == r#"sum(rate(http_requests_total{code=~"5.."}[5m])) / sum(rate(http_requests_total[5m])) > 0.05"#)
+    );
+
+    let dir = TempDir::new("deploymetrics");
+    let log_dir = dir.subdir("logs");
+    let config_dir = dir.subdir("config");
+    let blue = Echo::start("blue", "default", &log_dir);
+    let slow = format!("{}    timeouts:\n      backendRequest: 100ms\n", prefix_rule("/slow", "blue"));
+    let rules_cfg = format!("{}{}{slow}", prefix_rule("/app", "blue"), prefix_rule("/dead", "dead"));
+    std::fs::write(
+        config_dir.join("c.yaml"),
+        web_config(&rules_cfg, &[("blue", blue.addr.port()), ("dead", closed_port())]),
+    )
+    .expect("write");
+    let sluice = Sluice::start(&config_dir, &log_dir, &["--bind", "80=127.0.0.1:0"]);
+    let addr = sluice.addr_of("*", 80);
+    curl_retry(addr, &Req::get("/app"), Duration::from_secs(5));
+    let _ = curl(addr, &Req::get("/dead"));
+    assert_eq!(curl(addr, &Req::get("/slow?delay=1s")).map(|r| r.status), Ok(504));
+    let samples = eventually(&sluice, "no traffic metrics", |s| sum(s, "http_requests_total", &[]) >= 3.0);
+    assert_eq!(sum(&samples, "sluice_upstream_timeouts_total", &[("backend", "default/blue:8080")]), 1.0);
+    let exported: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.metric.as_str()).collect();
+    let mut referenced = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find(|c: char| c.is_ascii_alphabetic()) {
+            rest = &rest[i..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(rest.len());
+            let word = &rest[..end];
+            if (word.starts_with("http_") || word.starts_with("sluice_")) && !word.contains(':') {
+                referenced.insert(word.trim_end_matches("_bucket").to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    assert!(referenced.len() >= 8, "too few metrics referenced: {referenced:?}");
+    // The parser reports histograms by base name and counters by full name.
+    let missing: Vec<_> = referenced.iter().filter(|m| !exported.contains(m.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/observability queries metrics Sluice does not export: {missing:?}\nexported: {exported:?}"
+    );
+}
