@@ -1,5 +1,6 @@
 //! Per-request work outside IO: header filters, weighted backend pick with
-//! the proxy's RNG, endpoint round robin. Inputs are built outside `b.iter`.
+//! the proxy's RNG, endpoint round robin, recording request metrics. Inputs
+//! are built outside `b.iter`.
 //!
 //! Run with `cargo bench -p sluice-proxy --bench hot_path`; compare runs with
 //! `-- --save-baseline main` / `-- --baseline main`.
@@ -61,5 +62,23 @@ fn endpoint_pick(c: &mut Criterion) {
     c.bench_function("endpoint_pick_10", |b| b.iter(|| black_box(set.pick())));
 }
 
-criterion_group!(benches, header_filters, weighted_pick, endpoint_pick);
+fn metrics_record(c: &mut Criterion) {
+    use sluice_proxy::metrics::{Metrics, RequestLabels};
+    let registry = prometheus::Registry::new();
+    let Ok(metrics) = Metrics::new(&registry) else { return };
+    let labels = RequestLabels {
+        status: http::StatusCode::OK,
+        method: &http::Method::GET,
+        route: "shop/storefront",
+        rule: "0",
+        backend: "shop/web-v2:8080",
+    };
+    let elapsed = std::time::Duration::from_micros(850);
+    // One series, as under steady traffic: counter + histogram, thread-local.
+    c.bench_function("metrics_record_request", |b| {
+        b.iter(|| metrics.record(black_box(&labels), elapsed, std::time::Instant::now()))
+    });
+}
+
+criterion_group!(benches, header_filters, weighted_pick, endpoint_pick, metrics_record);
 criterion_main!(benches);
