@@ -3,7 +3,7 @@
 //! Built apart from routes: an EndpointSlice change rebuilds only this and
 //! swaps it beside the unchanged route table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -17,15 +17,59 @@ use crate::objects::{Objects, name, namespace};
 /// Label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Services and EndpointSlices indexed by `(namespace, name)`, so lookups
+/// stay O(1) with thousands of each.
+#[derive(Debug, Default)]
+pub struct Index<'a> {
+    services: HashMap<&'a str, HashMap<&'a str, &'a Service>>,
+    slices: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> Index<'a> {
+    /// Indexes `objects`.
+    pub fn new(objects: &'a Objects) -> Self {
+        let mut index = Self::default();
+        for s in &objects.services {
+            index.services.entry(namespace(&s.metadata)).or_default().entry(name(&s.metadata)).or_insert(s);
+        }
+        for slice in &objects.endpoint_slices {
+            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                index
+                    .slices
+                    .entry(namespace(&slice.metadata))
+                    .or_default()
+                    .entry(svc.as_str())
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        index
+    }
+
+    /// The Service `namespace/name`.
+    pub fn service(&self, ns: &str, svc: &str) -> Option<&'a Service> {
+        self.services.get(ns).and_then(|m| m.get(svc)).copied()
+    }
+
+    fn slices(&self, ns: &str, svc: &str) -> &[&'a EndpointSlice] {
+        self.slices.get(ns).and_then(|m| m.get(svc)).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Builds the endpoint sets for `services`, in order (aligned with
 /// [`sluice_model::BackendId`]).
 pub fn build(services: &[ServiceRef], objects: &Objects) -> Endpoints {
-    Endpoints::new(services.iter().map(|s| Arc::new(EndpointSet::new(ready_addrs(s, objects)))).collect())
+    let index = Index::new(objects);
+    Endpoints::new(services.iter().map(|s| Arc::new(EndpointSet::new(ready_addrs_in(s, &index)))).collect())
 }
 
 /// Ready addresses of a Service port, from its EndpointSlices.
 pub fn ready_addrs(svc: &ServiceRef, objects: &Objects) -> Vec<SocketAddr> {
-    let Some(service) = find_service(objects, &svc.namespace, &svc.name) else {
+    ready_addrs_in(svc, &Index::new(objects))
+}
+
+fn ready_addrs_in(svc: &ServiceRef, index: &Index<'_>) -> Vec<SocketAddr> {
+    let Some(service) = index.service(&svc.namespace, &svc.name) else {
         return Vec::new();
     };
     let Some(sport) = service_port(service, svc.port) else {
@@ -38,7 +82,7 @@ pub fn ready_addrs(svc: &ServiceRef, objects: &Objects) -> Vec<SocketAddr> {
         Some(IntOrString::String(_)) => None,
     };
     let mut out = BTreeSet::new();
-    for slice in slices_of(objects, &svc.namespace, &svc.name) {
+    for slice in index.slices(&svc.namespace, &svc.name) {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
@@ -67,21 +111,9 @@ pub fn ready_addrs(svc: &ServiceRef, objects: &Objects) -> Vec<SocketAddr> {
     out.into_iter().collect()
 }
 
-/// The Service `namespace/name`.
-pub fn find_service<'a>(objects: &'a Objects, ns: &str, svc: &str) -> Option<&'a Service> {
-    objects.services.iter().find(|s| namespace(&s.metadata) == ns && name(&s.metadata) == svc)
-}
-
 /// The port entry of a Service by port number.
 pub fn service_port(service: &Service, port: u16) -> Option<&ServicePort> {
     service.spec.as_ref()?.ports.as_ref()?.iter().find(|p| p.port == i32::from(port))
-}
-
-fn slices_of<'a>(objects: &'a Objects, ns: &'a str, svc: &'a str) -> impl Iterator<Item = &'a EndpointSlice> {
-    objects.endpoint_slices.iter().filter(move |s| {
-        namespace(&s.metadata) == ns
-            && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).is_some_and(|n| n == svc)
-    })
 }
 
 #[cfg(test)]

@@ -38,11 +38,12 @@ pub struct Translation {
     pub report: Report,
 }
 
-/// Interns Service ports into [`BackendId`]s.
+/// Interns Service ports into [`BackendId`]s, and finds Services.
 #[derive(Debug, Default)]
-struct Services {
+struct Services<'a> {
     ids: BTreeMap<ServiceRef, BackendId>,
     list: Vec<ServiceRef>,
+    index: crate::endpoints::Index<'a>,
 }
 
 // === impl Options ===
@@ -59,7 +60,7 @@ impl Default for Options {
 
 // === impl Services ===
 
-impl Services {
+impl Services<'_> {
     fn intern(&mut self, svc: ServiceRef) -> BackendId {
         if let Some(id) = self.ids.get(&svc) {
             return *id;
@@ -75,7 +76,7 @@ impl Services {
 pub fn translate(objects: &Objects, options: &Options) -> Translation {
     let mut report = Report::default();
     let mut input = TableInput::default();
-    let mut services = Services::default();
+    let mut services = Services { index: crate::endpoints::Index::new(objects), ..Services::default() };
     gateway::translate(objects, options, &mut input, &mut services, &mut report);
     ingress::translate(objects, options, &mut input, &mut services, &mut report);
     input.services = services.list;

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Service;
 use sluice_model::{BackendTarget, Filter, ServiceRef, WeightedBackend};
 
 use super::Services;
-use crate::endpoints::{find_service, service_port};
+use crate::endpoints::service_port;
 use crate::objects::{Objects, namespace};
 
 /// Why a backendRef is invalid: a `ResolvedRefs=False` reason and message.
@@ -40,15 +40,20 @@ pub(super) fn resolve(
     weight: u32,
     filters: Arc<[Filter]>,
     objects: &Objects,
-    services: &mut Services,
+    services: &mut Services<'_>,
 ) -> (WeightedBackend, Option<Unresolved>) {
-    match service_ref(r, from, objects) {
+    match service_ref(r, from, objects, services) {
         Ok(svc) => (WeightedBackend { target: BackendTarget::Service(services.intern(svc)), weight, filters }, None),
         Err(e) => (WeightedBackend { target: BackendTarget::Invalid, weight, filters }, Some(e)),
     }
 }
 
-fn service_ref(r: &Ref<'_>, from: &From<'_>, objects: &Objects) -> Result<ServiceRef, Unresolved> {
+fn service_ref(
+    r: &Ref<'_>,
+    from: &From<'_>,
+    objects: &Objects,
+    services: &Services<'_>,
+) -> Result<ServiceRef, Unresolved> {
     let group = r.group.unwrap_or_default();
     let kind = r.kind.unwrap_or("Service");
     if !(group.is_empty() || group == "core") || kind != "Service" {
@@ -67,7 +72,7 @@ fn service_ref(r: &Ref<'_>, from: &From<'_>, objects: &Objects) -> Result<Servic
             ),
         });
     }
-    let Some(service) = find_service(objects, ns, r.name) else {
+    let Some(service) = services.index.service(ns, r.name) else {
         return Err(Unresolved { reason: "BackendNotFound", message: format!("Service {ns}/{} not found", r.name) });
     };
     let Some(port) = r.port.and_then(|p| u16::try_from(p).ok()) else {

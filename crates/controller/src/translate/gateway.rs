@@ -53,7 +53,7 @@ pub(super) fn translate(
     objects: &Objects,
     options: &Options,
     input: &mut TableInput,
-    services: &mut Services,
+    services: &mut Services<'_>,
     report: &mut Report,
 ) {
     let mut classes = BTreeSet::new();
@@ -301,7 +301,7 @@ fn attach_route(
     objects: &Objects,
     listeners: &mut [ListenerState<'_>],
     input: &mut TableInput,
-    services: &mut Services,
+    services: &mut Services<'_>,
     report: &mut Report,
 ) {
     let (ns, rname, g) = (namespace(&route.metadata), name(&route.metadata), generation(&route.metadata));
@@ -431,7 +431,12 @@ fn attach_route(
     }
 }
 
-fn compile_rules(route: &HttpRoute, objects: &Objects, services: &mut Services, report: &mut Report) -> CompiledRoute {
+fn compile_rules(
+    route: &HttpRoute,
+    objects: &Objects,
+    services: &mut Services<'_>,
+    report: &mut Report,
+) -> CompiledRoute {
     let (ns, rname) = (namespace(&route.metadata), name(&route.metadata));
     let object = format!("HTTPRoute {ns}/{rname}");
     let route_ref = Arc::new(RouteRef::new("HTTPRoute", ns.to_string(), rname.to_string()));
@@ -463,7 +468,7 @@ fn compile_rule(
     ri: usize,
     route: &Arc<RouteRef>,
     objects: &Objects,
-    services: &mut Services,
+    services: &mut Services<'_>,
 ) -> Result<(RuleInput, Vec<Unresolved>), RuleError> {
     let default_match = [HttpRouteRulesMatches::default()];
     let matches_src = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);

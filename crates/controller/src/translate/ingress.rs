@@ -17,7 +17,6 @@ use sluice_model::{
 
 use super::backend::{self, Unresolved};
 use super::{Options, Services};
-use crate::endpoints::find_service;
 use crate::objects::{Objects, created, name, namespace};
 use crate::report::{Report, Severity};
 
@@ -32,7 +31,7 @@ pub(super) fn translate(
     objects: &Objects,
     options: &Options,
     input: &mut TableInput,
-    services: &mut Services,
+    services: &mut Services<'_>,
     report: &mut Report,
 ) {
     let ours: BTreeSet<&str> = objects
@@ -77,16 +76,15 @@ pub(super) fn translate(
         order: u32::MAX,
     });
     for ing in ingresses {
-        translate_one(ing, listener, objects, input, services, report);
+        translate_one(ing, listener, input, services, report);
     }
 }
 
 fn translate_one(
     ing: &Ingress,
     listener: usize,
-    objects: &Objects,
     input: &mut TableInput,
-    services: &mut Services,
+    services: &mut Services<'_>,
     report: &mut Report,
 ) {
     let (ns, iname) = (namespace(&ing.metadata), name(&ing.metadata));
@@ -123,7 +121,7 @@ fn translate_one(
                     continue;
                 }
             };
-            let backend = resolve(&p.backend, ns, objects, services, report, &object, &format!("{field}.backend"));
+            let backend = resolve(&p.backend, ns, services, report, &object, &format!("{field}.backend"));
             rules.push(RuleInput {
                 rule: rule_for(&route, rule_index, backend),
                 matches: vec![MatchInput { path, conditions: Conditions::default() }],
@@ -140,7 +138,7 @@ fn translate_one(
         });
     }
     if let Some(b) = &spec.default_backend {
-        let backend = resolve(b, ns, objects, services, report, &object, "spec.defaultBackend");
+        let backend = resolve(b, ns, services, report, &object, "spec.defaultBackend");
         input.routes.push(RouteInput {
             listener,
             route: route.clone(),
@@ -169,8 +167,7 @@ fn rule_for(route: &Arc<RouteRef>, index: usize, backend: WeightedBackend) -> Ar
 fn resolve(
     b: &IngressBackend,
     ns: &str,
-    objects: &Objects,
-    services: &mut Services,
+    services: &mut Services<'_>,
     report: &mut Report,
     object: &str,
     field: &str,
@@ -178,7 +175,7 @@ fn resolve(
     let result = match (&b.service, &b.resource) {
         (Some(svc), _) => {
             let port = svc.port.as_ref();
-            match find_service(objects, ns, &svc.name) {
+            match services.index.service(ns, &svc.name) {
                 None => Err(Unresolved {
                     reason: "BackendNotFound",
                     message: format!("Service {ns}/{} not found", svc.name),
