@@ -9,7 +9,8 @@
 //! last byte), `upstream_ms` (time to the upstream's response headers, or
 //! null), `route` (`namespace/name`), `rule`, `backend`
 //! (`namespace/name:port`), `upstream` (endpoint address), `completed`
-//! (false when the response was cut short), `trace_id` (when tracing).
+//! (false when the response was cut short), `trace_id` (32 hex digits when
+//! the request's span is sampled, else null).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
+use opentelemetry::trace::TraceId;
 use sluice_model::RouteRef;
 use tokio::sync::mpsc;
 
@@ -58,6 +60,7 @@ pub(crate) struct AccessLine {
     pub(crate) backend: Option<Arc<str>>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) completed: bool,
+    pub(crate) trace_id: Option<TraceId>,
 }
 
 // === impl AccessLog ===
@@ -146,7 +149,14 @@ impl AccessLine {
             Some(a) => json_str(&a.to_string(), out),
             None => out.push_str("null"),
         }
-        let _ = writeln!(out, ",\"completed\":{}}}", self.completed);
+        let _ = write!(out, ",\"completed\":{},\"trace_id\":", self.completed);
+        match &self.trace_id {
+            Some(t) => {
+                let _ = write!(out, "\"{t}\"");
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str("}\n");
     }
 }
 
@@ -227,6 +237,7 @@ mod tests {
             backend: Some("ns/svc:80".into()),
             upstream: Some("127.0.0.1:9".parse()?),
             completed: true,
+            trace_id: Some(TraceId::from_bytes([0xab; 16])),
         };
         let mut s = String::new();
         line.write_json(&mut s);
@@ -242,9 +253,14 @@ mod tests {
             "\"route\":\"ns/r\",\"rule\":2",
             "\"backend\":\"ns/svc:80\"",
             "\"upstream\":\"127.0.0.1:9\"",
+            "\"completed\":true,\"trace_id\":\"abababababababababababababababab\"}",
         ] {
             assert!(s.contains(want), "{want} missing in {s}");
         }
+        let untraced = AccessLine { trace_id: None, ..line };
+        s.clear();
+        untraced.write_json(&mut s);
+        assert!(s.ends_with(",\"completed\":true,\"trace_id\":null}\n"), "{s}");
         Ok(())
     }
 }

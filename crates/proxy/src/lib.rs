@@ -21,6 +21,10 @@
 //! 6. `upstream.rs`: weighted backend pick (`rng.rs`), endpoint pick,
 //!    pooled HTTP/1.1 client, timeouts; `upgrade.rs` splices upgraded
 //!    (WebSocket) connections; `body.rs` holds the streaming body types.
+//! 7. `observe.rs`: when the response body ends, metrics (`metrics.rs`), the
+//!    request's span (`trace.rs`, only when tracing is on; it also sets the
+//!    upstream's `traceparent` before step 6 sends) and the access log line
+//!    (`access_log.rs`).
 //!
 //! Errors become responses in `error.rs`. The routing guard from
 //! `ArcSwap::load` lives only in the synchronous part of `server.rs`; no
@@ -38,6 +42,7 @@ mod observe;
 pub mod rng;
 mod route;
 mod server;
+mod trace;
 mod upgrade;
 mod upstream;
 
@@ -60,6 +65,11 @@ pub struct Telemetry {
     pub registry: prometheus::Registry,
     /// Access log writer; `None` turns the access log off.
     pub access_log: Option<AccessLog>,
+    /// Tracer for one span (kind Server) per request, with W3C
+    /// `traceparent`/`tracestate` propagation to the upstream; `None` turns
+    /// tracing off (no per-request work at all). The tracer's provider owns
+    /// sampling and export (see the binary's `telemetry.rs`).
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 #[allow(clippy::panic)]
@@ -100,7 +110,7 @@ impl Proxy {
             Metrics::new(&prometheus::Registry::new()).unwrap_or_else(|_| unreachable_metrics())
         });
         Self {
-            shared: Arc::new(server::Shared::new(config, snapshot, metrics, telemetry.access_log)),
+            shared: Arc::new(server::Shared::new(config, snapshot, metrics, telemetry.access_log, telemetry.tracer)),
             sockets: Arc::new(listener::Sockets::default()),
         }
     }

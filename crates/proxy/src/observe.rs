@@ -1,5 +1,5 @@
 //! What happened to a request, recorded once its response body ends (or is
-//! dropped): metrics, and the access log line when enabled.
+//! dropped): metrics, the trace span and the access log line when enabled.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,6 +16,7 @@ use crate::access_log::AccessLine;
 use crate::body::ResponseBody;
 use crate::metrics::RequestLabels;
 use crate::server::Shared;
+use crate::trace::RequestTrace;
 
 /// Routing facts gathered while a request is handled.
 #[derive(Debug, Default)]
@@ -28,6 +29,8 @@ pub(crate) struct Outcome {
     pub(crate) upstream: Option<SocketAddr>,
     /// Time until the upstream's response headers arrived.
     pub(crate) upstream_elapsed: Option<Duration>,
+    /// `http` or `https`: the matched listener's protocol.
+    pub(crate) scheme: Option<&'static str>,
 }
 
 /// Request facts only the access log needs (captured only when it is on).
@@ -48,6 +51,8 @@ pub(crate) struct Finish {
     pub(crate) status: StatusCode,
     pub(crate) outcome: Outcome,
     pub(crate) access: Option<AccessFields>,
+    /// The request's span state, when tracing is on.
+    pub(crate) trace: Option<Box<RequestTrace>>,
 }
 
 /// The response body handed to hyper: streams the inner body, counts its
@@ -73,6 +78,10 @@ impl Finish {
             backend: o.backend.as_deref().unwrap_or(""),
         };
         self.shared.metrics.record(&labels, elapsed, now);
+        let trace_id = match (self.trace, &self.shared.tracer) {
+            (Some(t), Some(tracer)) => t.finish(tracer, &self.method, self.status, &self.outcome),
+            _ => None,
+        };
         if let (Some(log), Some(a)) = (&self.shared.access_log, self.access) {
             let line = AccessLine {
                 time: a.time,
@@ -89,6 +98,7 @@ impl Finish {
                 backend: self.outcome.backend,
                 upstream: self.outcome.upstream,
                 completed,
+                trace_id,
             };
             log.send(line, &self.shared.metrics);
         }

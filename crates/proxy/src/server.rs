@@ -11,6 +11,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use opentelemetry_sdk::trace::SdkTracer;
 use sluice_model::{BindKey, Protocol, Snapshot};
 use tokio::sync::watch;
 
@@ -21,6 +22,7 @@ use crate::error::ProxyError;
 use crate::filters::{self, FilterCtx};
 use crate::metrics::Metrics;
 use crate::observe::{AccessFields, Finish, ObservedBody, Outcome};
+use crate::trace::RequestTrace;
 use crate::upstream::{self, HttpClient, Plan};
 use crate::{headers, route};
 
@@ -38,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Access log writer, when enabled.
     pub(crate) access_log: Option<AccessLog>,
+    /// Request tracer, when tracing is on.
+    pub(crate) tracer: Option<SdkTracer>,
 }
 
 /// Per-connection request context.
@@ -65,6 +69,7 @@ impl Shared {
         snapshot: Arc<ArcSwap<Snapshot>>,
         metrics: Metrics,
         access_log: Option<AccessLog>,
+        tracer: Option<SdkTracer>,
     ) -> Self {
         let mut server = auto::Builder::new(TokioExecutor::new());
         // hyper rejects a buffer limit below 8 KiB.
@@ -73,7 +78,7 @@ impl Shared {
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         let client = upstream::client(&config, &metrics);
         let (tunnels, _) = watch::channel(false);
-        Self { config, snapshot, client, server, tunnels, metrics, access_log }
+        Self { config, snapshot, client, server, tunnels, metrics, access_log, tracer }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`
@@ -104,7 +109,7 @@ impl ConnCtx {
 }
 
 /// Serves one request; never fails, errors become responses. The request
-/// is recorded (metrics, access log) when its response body ends.
+/// is recorded (metrics, span, access log) when its response body ends.
 pub(crate) async fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Response<ObservedBody> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -120,11 +125,16 @@ pub(crate) async fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Response<Ob
         uri: req.uri().clone(),
         version: req.version(),
     });
+    // Tracing off: `None`, and nothing below touches trace headers.
+    let mut trace = conn.shared.tracer.as_ref().map(|_| RequestTrace::begin(&req, &conn.client_ip));
     let mut outcome = Outcome::default();
-    let resp = match handle(conn, req, &mut outcome).await {
+    let resp = match handle(conn, req, &mut outcome, trace.as_deref_mut()).await {
         Ok(resp) => resp,
         Err(e) => {
             e.log();
+            if let Some(t) = trace.as_deref_mut() {
+                t.failed(&e);
+            }
             let backend = outcome.backend.as_deref().unwrap_or("");
             match &e {
                 ProxyError::Connect { .. } => conn.shared.metrics.upstream_connect_error(backend),
@@ -135,7 +145,7 @@ pub(crate) async fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Response<Ob
         }
     };
     let status = resp.status();
-    let finish = Finish { shared: conn.shared.clone(), start, method, status, outcome, access };
+    let finish = Finish { shared: conn.shared.clone(), start, method, status, outcome, access, trace };
     resp.map(|body| ObservedBody::new(body, finish))
 }
 
@@ -143,6 +153,7 @@ async fn handle(
     conn: &ConnCtx,
     mut req: Request<Incoming>,
     outcome: &mut Outcome,
+    trace: Option<&mut RequestTrace>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let shared = &*conn.shared;
     let authority = route::authority(&req)?;
@@ -155,6 +166,12 @@ async fn handle(
     match decide(conn, &mut req, &authority, outcome)? {
         Decision::Respond(resp) => Ok(resp),
         Decision::Forward(plan) => {
+            if let (Some(t), Some(tracer)) = (trace, &shared.tracer) {
+                // After the guard is gone: the sampler and span start run
+                // outside the routing decision.
+                let method = req.method().clone();
+                t.propagate(tracer, &method, outcome, req.headers_mut());
+            }
             let sent = Instant::now();
             let resp = upstream::forward(shared, plan, req).await;
             outcome.upstream_elapsed = Some(sent.elapsed());
@@ -181,6 +198,7 @@ fn decide(
         Protocol::Http => "http",
         Protocol::Https => "https",
     };
+    outcome.scheme = Some(scheme);
 
     let http11 = req.version() == Version::HTTP_11;
     let stripped = headers::strip_request(req.headers_mut(), http11);

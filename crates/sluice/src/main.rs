@@ -8,6 +8,7 @@ mod admin;
 mod check;
 mod echo;
 mod run;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::{AdminState, LastApply};
 use crate::check::TranslateArgs;
+use crate::telemetry::{TraceArgs, Tracing};
 
 /// `sluice run` arguments.
 #[derive(clap::Args, Debug)]
@@ -51,6 +52,8 @@ pub struct RunArgs {
     /// Off by default.
     #[arg(long, value_name = "-|PATH")]
     pub access_log: Option<String>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
     #[command(flatten)]
     pub translate: TranslateArgs,
     /// How long shutdown waits for in-flight requests (Go duration).
@@ -286,8 +289,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(crate::EX_USAGE));
     }
+    let trace_config = match crate::telemetry::config(&args.trace, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: tracing: {e}");
+            return Ok(ExitCode::from(crate::EX_USAGE));
+        }
+    };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let registry = Registry::new();
+    let traces = match trace_config.as_ref().map(|c| Tracing::start(c, &registry)).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: tracing: {e:#}");
+            return Ok(ExitCode::from(crate::EX_USAGE));
+        }
+    };
     let access_log = match args.access_log.as_deref() {
         None => None,
         Some("-") => Some(AccessLog::start(AccessLogTarget::Stdout)?),
@@ -301,7 +318,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..ProxyConfig::default()
         },
         snapshot.clone(),
-        Telemetry { registry: registry.clone(), access_log },
+        Telemetry { registry: registry.clone(), access_log, tracer: traces.as_ref().map(Tracing::tracer) },
     );
     let admin = Arc::new(AdminState {
         snapshot: snapshot.clone(),
@@ -394,6 +411,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("Shutting down: draining connections");
     admin.ready.store(false, Ordering::Release);
     proxy.shutdown().await;
+    if let Some(t) = traces {
+        // After the drain, so the last requests' spans are exported too.
+        t.shutdown().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
