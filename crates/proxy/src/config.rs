@@ -27,6 +27,10 @@ pub struct ProxyConfig {
     /// is cut off and answers 413 if no response has started. Default `None`
     /// (no limit).
     pub max_request_body_bytes: Option<u64>,
+    /// Record per-request metrics (`http_requests_total`,
+    /// `http_request_duration_seconds`). Default `true`; turning it off
+    /// exists to measure what the metrics cost.
+    pub request_metrics: bool,
 }
 
 // === impl ProxyConfig ===
@@ -40,6 +44,7 @@ impl Default for ProxyConfig {
             idle_upstream_timeout: Duration::from_secs(90),
             max_request_header_bytes: 64 * 1024,
             max_request_body_bytes: None,
+            request_metrics: true,
         }
     }
 }

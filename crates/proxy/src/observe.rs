@@ -77,7 +77,9 @@ impl Finish {
             rule: o.rule.as_ref().map_or("", |r| r.index_label()),
             backend: o.backend.as_deref().unwrap_or(""),
         };
-        self.shared.metrics.record(&labels, elapsed, now);
+        if self.shared.config.request_metrics {
+            self.shared.metrics.record(&labels, elapsed, now);
+        }
         let trace_id = match (self.trace, &self.shared.tracer) {
             (Some(t), Some(tracer)) => t.finish(tracer, &self.method, self.status, &self.outcome),
             _ => None,

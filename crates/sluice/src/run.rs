@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// config and metrics to anyone who can reach the host.
     #[arg(long)]
     pub admin_allow_any: bool,
+    /// Do not record per-request metrics (to measure their cost; other
+    /// metrics stay).
+    #[arg(long)]
+    pub no_request_metrics: bool,
     /// Access log: one JSON line per request to `-` (stdout) or a file.
     /// Off by default.
     #[arg(long, value_name = "-|PATH")]
@@ -315,6 +319,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             drain_timeout: args.drain_timeout,
             connect_timeout: args.connect_timeout,
             request_timeout: (!args.request_timeout.is_zero()).then_some(args.request_timeout),
+            request_metrics: !args.no_request_metrics,
             ..ProxyConfig::default()
         },
         snapshot.clone(),

@@ -401,3 +401,23 @@ fn deploy_rules_and_dashboard_query_metrics_sluice_exports() {
         "deploy/observability queries metrics Sluice does not export: {missing:?}\nexported: {exported:?}"
     );
 }
+
+#[test]
+fn request_metrics_can_be_turned_off_to_measure_their_cost() {
+    if !require_curl("request_metrics_can_be_turned_off_to_measure_their_cost") {
+        return;
+    }
+    let dir = TempDir::new("nometrics");
+    let log_dir = dir.subdir("logs");
+    let config_dir = dir.subdir("config");
+    let blue = Echo::start("blue", "default", &log_dir);
+    std::fs::write(config_dir.join("c.yaml"), web_config(&prefix_rule("/", "blue"), &[("blue", blue.addr.port())]))
+        .expect("write");
+    let sluice = Sluice::start(&config_dir, &log_dir, &["--bind", "80=127.0.0.1:0", "--no-request-metrics"]);
+    let addr = sluice.addr_of("*", 80);
+    curl_retry(addr, &Req::get("/"), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = scrape(&sluice);
+    assert_eq!(sum(&samples, "http_requests_total", &[]), 0.0);
+    assert_eq!(sum(&samples, "sluice_config_applies_total", &[]), 1.0, "control-plane metrics stay on");
+}
