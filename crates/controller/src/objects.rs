@@ -161,6 +161,20 @@ pub fn created(meta: &ObjectMeta) -> i64 {
 // === impl Objects (change detection) ===
 
 impl Objects {
+    /// Appends copies of everything in `other`.
+    pub fn extend_from(&mut self, other: &Self) {
+        self.gateway_classes.extend_from_slice(&other.gateway_classes);
+        self.gateways.extend_from_slice(&other.gateways);
+        self.http_routes.extend_from_slice(&other.http_routes);
+        self.reference_grants.extend_from_slice(&other.reference_grants);
+        self.ingresses.extend_from_slice(&other.ingresses);
+        self.ingress_classes.extend_from_slice(&other.ingress_classes);
+        self.services.extend_from_slice(&other.services);
+        self.endpoint_slices.extend_from_slice(&other.endpoint_slices);
+        self.secrets.extend_from_slice(&other.secrets);
+        self.namespaces.extend_from_slice(&other.namespaces);
+    }
+
     /// Whether `self` and `other` differ only in EndpointSlices, so that only
     /// endpoints need rebuilding (the route table stays).
     pub fn same_except_endpoints(&self, other: &Self) -> bool {

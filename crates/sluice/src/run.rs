@@ -112,6 +112,7 @@ fn resolve(binds: &[BindSpec], key: &BindKey) -> SocketAddr {
 struct Controller {
     args: RunArgs,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    source: file::FileSource,
     objects: Objects,
     generation: u64,
     metrics: ControlMetrics,
@@ -189,7 +190,7 @@ impl Controller {
 
     fn try_reload(&mut self, since: Instant) -> Result<bool, Report> {
         let started = Instant::now();
-        let (objects, mut report) = file::load(&self.args.config);
+        let (objects, mut report) = self.source.load();
         if report.has_errors() {
             return Err(report);
         }
@@ -337,6 +338,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut controller = Controller {
         args,
         snapshot: snapshot.clone(),
+        source: file::FileSource::new(&config),
         objects: Objects::default(),
         generation: 0,
         metrics: ControlMetrics::new(&registry).context("registering metrics")?,

@@ -4,6 +4,8 @@
 //! The directory is watched rather than the files, because Kubernetes
 //! updates ConfigMap and Secret mounts by swapping a `..data` symlink.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -15,36 +17,98 @@ use crate::report::{Report, Severity};
 /// recursively for `*.yaml`, `*.yml` and `*.json`, skipping dot-entries),
 /// in path order.
 pub fn load(path: &Path) -> (Objects, Report) {
-    let mut objects = Objects::default();
-    let mut report = Report::default();
-    let files = match manifest_files(path) {
-        Ok(f) => f,
-        Err(e) => {
-            report.push(Severity::Error, path.display().to_string(), "", format!("cannot read: {e}"));
-            return (objects, report);
+    FileSource::new(path).load()
+}
+
+/// A config path read repeatedly: files whose content has not changed since
+/// the previous [`FileSource::load`] are not parsed again (parsing dominates
+/// a reload; a one-file change in a directory of thousands re-parses one).
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    cache: HashMap<PathBuf, Parsed>,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    hash: u64,
+    objects: Objects,
+    report: Report,
+}
+
+impl FileSource {
+    /// A source for `path` with an empty cache.
+    pub fn new(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), cache: HashMap::new() }
+    }
+
+    /// The configured path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the config; see [`load`].
+    pub fn load(&mut self) -> (Objects, Report) {
+        let path = self.path.clone();
+        let mut objects = Objects::default();
+        let mut report = Report::default();
+        let files = match manifest_files(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                report.push(Severity::Error, path.display().to_string(), "", format!("cannot read: {e}"));
+                return (objects, report);
+            }
+        };
+        if files.is_empty() {
+            report.push(
+                Severity::Error,
+                path.display().to_string(),
+                "",
+                "no manifest files (*.yaml, *.yml, *.json) found",
+            );
         }
-    };
-    if files.is_empty() {
-        report.push(Severity::Error, path.display().to_string(), "", "no manifest files (*.yaml, *.yml, *.json) found");
-    }
-    let read_any = !files.is_empty();
-    for f in files {
-        match std::fs::read_to_string(&f) {
-            Ok(text) => objects.add_yaml(&text, &f.display().to_string(), &mut report),
-            Err(e) => report.push(Severity::Error, f.display().to_string(), "", format!("cannot read: {e}")),
+        let read_any = !files.is_empty();
+        let mut seen = HashMap::with_capacity(files.len());
+        for f in files {
+            let text = match std::fs::read_to_string(&f) {
+                Ok(text) => text,
+                Err(e) => {
+                    report.push(Severity::Error, f.display().to_string(), "", format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let hash = {
+                let mut h = std::hash::DefaultHasher::new();
+                text.hash(&mut h);
+                h.finish()
+            };
+            let parsed = match self.cache.remove(&f) {
+                Some(p) if p.hash == hash => p,
+                _ => {
+                    let mut o = Objects::default();
+                    let mut r = Report::default();
+                    o.add_yaml(&text, &f.display().to_string(), &mut r);
+                    Parsed { hash, objects: o, report: r }
+                }
+            };
+            objects.extend_from(&parsed.objects);
+            report.diagnostics.extend(parsed.report.diagnostics.iter().cloned());
+            seen.insert(f, parsed);
         }
+        // Files that disappeared drop out of the cache.
+        self.cache = seen;
+        // An empty config is almost always a file caught mid-write or a wrong
+        // path; serving nothing is never what was meant.
+        if read_any && objects.is_empty() && !report.has_errors() {
+            report.push(
+                Severity::Error,
+                path.display().to_string(),
+                "",
+                "no Kubernetes objects Sluice uses were found; refusing an empty configuration",
+            );
+        }
+        (objects, report)
     }
-    // An empty config is almost always a file caught mid-write or a wrong
-    // path; serving nothing is never what was meant.
-    if read_any && objects.is_empty() && !report.has_errors() {
-        report.push(
-            Severity::Error,
-            path.display().to_string(),
-            "",
-            "no Kubernetes objects Sluice uses were found; refusing an empty configuration",
-        );
-    }
-    (objects, report)
 }
 
 fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -98,6 +162,9 @@ pub fn watch(path: &Path, on_event: impl Fn(FileEvent) + Send + 'static) -> noti
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
+        if !ev.paths.is_empty() && ev.paths.iter().all(|p| irrelevant(p)) {
+            return;
+        }
         match ev.kind {
             EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
                 ev.paths.into_iter().for_each(|p| on_event(FileEvent::Writing(p)))
@@ -111,6 +178,19 @@ pub fn watch(path: &Path, on_event: impl Fn(FileEvent) + Send + 'static) -> noti
     })?;
     watcher.watch(&dir, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// Paths whose changes cannot affect the config: editor swap files and
+/// temp files written before an atomic rename. Kubernetes' `..data`
+/// symlink swaps (names starting with `..`) always count.
+fn irrelevant(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    if name.starts_with("..") {
+        return false;
+    }
+    !matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+        && !p.is_dir()
+        && p.extension().is_some()
 }
 
 #[cfg(test)]
@@ -173,6 +253,37 @@ mod tests {
         assert!(matches!((writing, closed), (Some(w), Some(c)) if w < c), "{seen:?}");
         std::fs::remove_dir_all(&dir)?;
         Ok(())
+    }
+
+    #[test]
+    fn unchanged_files_are_not_parsed_again_and_changes_are_seen() -> std::io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("sluice-file-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let svc = |n: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{ports: [{{port: 80}}]}}\n")
+        };
+        std::fs::write(dir.join("a.yaml"), svc("a"))?;
+        std::fs::write(dir.join("b.yaml"), svc("b"))?;
+        let mut source = FileSource::new(&dir);
+        let (first, _) = source.load();
+        assert_eq!(first.services.len(), 2);
+        let cached_b = source.cache.get(&dir.join("b.yaml")).map(|p| p.hash);
+        std::fs::write(dir.join("a.yaml"), svc("a2"))?;
+        std::fs::remove_file(dir.join("b.yaml"))?;
+        std::fs::write(dir.join("c.yaml"), svc("c"))?;
+        let (second, report) = source.load();
+        assert!(!report.has_errors());
+        let names: Vec<_> = second.services.iter().filter_map(|s| s.metadata.name.clone()).collect();
+        assert_eq!(names, vec!["a2", "c"], "changed file re-read, removed file gone, new file added");
+        assert!(cached_b.is_some() && !source.cache.contains_key(&dir.join("b.yaml")));
+        // A file that breaks is reported; fixing it restores the objects.
+        std::fs::write(dir.join("c.yaml"), "kind: [")?;
+        assert!(source.load().1.has_errors());
+        std::fs::write(dir.join("c.yaml"), svc("c"))?;
+        let (third, report) = source.load();
+        assert!(!report.has_errors() && third.services.len() == 2);
+        std::fs::remove_dir_all(&dir)
     }
 
     #[test]
