@@ -59,6 +59,8 @@ pub struct BackendGroup {
 #[derive(Debug, Default)]
 pub struct EndpointSet {
     addrs: Box<[SocketAddr]>,
+    /// `addrs` as URI authorities, built once (the proxy dials by URI).
+    authorities: Box<[http::uri::Authority]>,
     next: AtomicUsize,
 }
 
@@ -122,7 +124,24 @@ impl BackendGroup {
 impl EndpointSet {
     /// A set over these ready addresses.
     pub fn new(addrs: Vec<SocketAddr>) -> Self {
-        Self { addrs: addrs.into(), next: AtomicUsize::new(0) }
+        let authorities = addrs
+            .iter()
+            .filter_map(|a| http::uri::Authority::from_maybe_shared(bytes_of(a)).ok())
+            .collect::<Box<[_]>>();
+        // A socket address always forms a valid authority; if one ever did
+        // not, fall back to no precomputed authorities rather than misalign.
+        let authorities = if authorities.len() == addrs.len() { authorities } else { Box::default() };
+        Self { addrs: addrs.into(), authorities, next: AtomicUsize::new(0) }
+    }
+
+    /// Round robin like [`EndpointSet::pick`], also returning the address as
+    /// a ready-made URI authority when one was precomputed.
+    pub fn pick_with_authority(&self) -> Option<(SocketAddr, Option<&http::uri::Authority>)> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        self.addrs.get(i).map(|a| (*a, self.authorities.get(i)))
     }
 
     /// The ready addresses.
@@ -138,6 +157,10 @@ impl EndpointSet {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.addrs.get(i % self.addrs.len()).copied()
     }
+}
+
+fn bytes_of(a: &SocketAddr) -> Vec<u8> {
+    a.to_string().into_bytes()
 }
 
 // === impl Endpoints ===
@@ -203,6 +226,8 @@ mod tests {
         let set = EndpointSet::new(vec![a, b]);
         let picks: Vec<_> = (0..4).filter_map(|_| set.pick()).collect();
         assert_eq!(picks, vec![a, b, a, b]);
+        let (addr, authority) = set.pick_with_authority().unwrap_or((a, None));
+        assert_eq!(authority.map(|x| x.as_str().to_string()), Some(addr.to_string()));
         assert!(EndpointSet::new(vec![]).pick().is_none());
         Ok(())
     }

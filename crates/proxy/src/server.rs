@@ -213,12 +213,13 @@ fn decide(
     if let Some(resp) = filters::apply_request(&backend.filters, req, &ctx)? {
         return Ok(Decision::Respond(resp));
     }
-    let addr = upstream::pick_endpoint(&snapshot.routes, &snapshot.endpoints, id)?;
+    let (addr, authority) = upstream::pick_endpoint(&snapshot.routes, &snapshot.endpoints, id)?;
     outcome.upstream = Some(addr);
     Ok(Decision::Forward(Plan {
         rule: rule.clone(),
         backend_filters: (!backend.filters.is_empty()).then(|| backend.filters.clone()),
         addr,
+        authority,
         timeout: upstream::timeout(rule, shared.config.request_timeout),
         upgrade: stripped.upgrade,
     }))

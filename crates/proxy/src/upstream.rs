@@ -51,6 +51,8 @@ pub(crate) struct Plan {
     pub(crate) backend_filters: Option<Arc<[Filter]>>,
     /// The picked endpoint.
     pub(crate) addr: SocketAddr,
+    /// The endpoint as a URI authority, precomputed with the endpoint set.
+    pub(crate) authority: Option<Authority>,
     /// Limit for the response headers to arrive.
     pub(crate) timeout: Option<Duration>,
     /// Whether the client asked for a protocol upgrade.
@@ -155,13 +157,15 @@ pub(crate) fn pick_backend(rule: &Rule) -> Result<(&WeightedBackend, BackendId),
     }
 }
 
-/// Round-robin pick among the Service's ready endpoints.
+/// Round-robin pick among the Service's ready endpoints, with the address
+/// as a precomputed URI authority when available.
 pub(crate) fn pick_endpoint(
     table: &RouteTable,
     endpoints: &Endpoints,
     id: BackendId,
-) -> Result<SocketAddr, ProxyError> {
-    endpoints.get(id).and_then(|set| set.pick()).ok_or_else(|| ProxyError::NoEndpoints {
+) -> Result<(SocketAddr, Option<Authority>), ProxyError> {
+    let picked = endpoints.get(id).and_then(|set| set.pick_with_authority());
+    picked.map(|(addr, authority)| (addr, authority.cloned())).ok_or_else(|| ProxyError::NoEndpoints {
         service: table.services().get(id.0 as usize).cloned().unwrap_or_else(|| ServiceRef {
             namespace: String::new(),
             name: "?".into(),
@@ -195,7 +199,7 @@ pub(crate) async fn forward(
     if parts.version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
     }
-    parts.uri = upstream_uri(plan.addr, &parts.uri)?;
+    parts.uri = upstream_uri(plan.addr, plan.authority.clone(), &parts.uri)?;
     parts.version = Version::HTTP_11;
     parts.extensions = Extensions::new();
     let up = Request::from_parts(parts, RequestBody::new(body, shared.config.max_request_body_bytes));
@@ -224,9 +228,12 @@ pub(crate) async fn forward(
 
 /// `http://ADDR/path?query`: the connector dials the endpoint and the
 /// client writes origin-form (`/path?query`) on the wire.
-fn upstream_uri(addr: SocketAddr, original: &Uri) -> Result<Uri, ProxyError> {
-    let authority = Authority::from_maybe_shared(Bytes::from(addr.to_string()))
-        .map_err(|_| ProxyError::Internal("endpoint address is not a valid authority"))?;
+fn upstream_uri(addr: SocketAddr, authority: Option<Authority>, original: &Uri) -> Result<Uri, ProxyError> {
+    let authority = match authority {
+        Some(a) => a,
+        None => Authority::from_maybe_shared(Bytes::from(addr.to_string()))
+            .map_err(|_| ProxyError::Internal("endpoint address is not a valid authority"))?,
+    };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
@@ -281,7 +288,8 @@ mod tests {
     #[test]
     fn upstream_uri_targets_the_endpoint_and_keeps_path_and_query() -> Result<(), Box<dyn std::error::Error>> {
         let addr: SocketAddr = "[::1]:8080".parse()?;
-        let uri = upstream_uri(addr, &"http://a.example/x/y?q=1".parse()?)?;
+        let uri = upstream_uri(addr, None, &"http://a.example/x/y?q=1".parse()?)?;
+        assert_eq!(upstream_uri(addr, Some("[::1]:8080".parse()?), &"/x".parse()?)?, "http://[::1]:8080/x");
         assert_eq!(uri, "http://[::1]:8080/x/y?q=1");
         Ok(())
     }
