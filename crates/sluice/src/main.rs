@@ -14,11 +14,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: glibc malloc/free was 5% of the request path and a third of a
-/// reload in profiles (loadtests/results/profile-2026-11-22.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for invalid configuration (sysexits `EX_CONFIG`).
 pub const EX_CONFIG: u8 = 78;
 /// Exit code for invalid command-line usage (sysexits `EX_USAGE`).
