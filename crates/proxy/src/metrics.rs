@@ -199,18 +199,7 @@ pub fn flush_thread() {
 }
 
 fn method_str(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
-    }
+    crate::trace::standard_method(m).unwrap_or("OTHER")
 }
 
 /// Status code as a static string (no formatting per request).

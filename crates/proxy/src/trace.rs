@@ -165,7 +165,7 @@ impl RequestTrace {
     fn start(&mut self, tracer: &SdkTracer, method: &Method, outcome: &Outcome) -> &mut Span {
         let Self { start, parent, request, span, .. } = self;
         span.get_or_insert_with(|| {
-            let method_name = method_str(method).unwrap_or("HTTP");
+            let method_name = standard_method(method).unwrap_or("HTTP");
             let builder = SpanBuilder::from_name(method_name).with_kind(SpanKind::Server).with_start_time(*start);
             let parent = match parent {
                 Some(sc) => Context::new().with_remote_span_context(sc.clone()),
@@ -188,7 +188,7 @@ impl RequestTrace {
 /// The span's attributes, known once the upstream is picked.
 fn attributes(method: &Method, request: &Arrived, outcome: &Outcome) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(18);
-    match method_str(method) {
+    match standard_method(method) {
         Some(m) => attributes.push(KeyValue::new("http.request.method", m)),
         None => {
             attributes.push(KeyValue::new("http.request.method", "_OTHER"));
@@ -230,7 +230,7 @@ fn attributes(method: &Method, request: &Arrived, outcome: &Outcome) -> Vec<KeyV
 
 /// The method as the semantic conventions want it; `None` for a method
 /// outside the standard set (`_OTHER`).
-fn method_str(m: &Method) -> Option<&'static str> {
+pub(crate) fn standard_method(m: &Method) -> Option<&'static str> {
     Some(match *m {
         Method::GET => "GET",
         Method::POST => "POST",
