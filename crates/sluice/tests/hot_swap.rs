@@ -105,35 +105,8 @@ spec:
         );
     }
     for svc in ["blue", "green", "decoy"] {
-        let port = ports[svc];
-        let _ = write!(
-            y,
-            r#"apiVersion: v1
-kind: Service
-metadata:
-  name: {svc}
-  namespace: default
-spec:
-  ports:
-  - name: http
-    port: 8080
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {svc}-local
-  namespace: default
-  labels:
-    kubernetes.io/service-name: {svc}
-addressType: IPv4
-ports:
-- name: http
-  port: {port}
-endpoints:
-- addresses: ["127.0.0.1"]
----
-"#
-        );
+        y.push_str(&support::local_service(svc, ports[svc]));
+        y.push_str("---\n");
     }
     y
 }

@@ -6,6 +6,8 @@
 //! Self-contained (no `tests/support`): its own child-process, config and
 //! curl helpers below.
 
+mod support;
+
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -113,7 +115,7 @@ fn spans_follow_the_http_semantic_conventions() {
     assert_eq!(m.status.as_ref().map_or(STATUS_UNSET, |st| st.code), STATUS_UNSET, "4xx is not a server error");
 
     // The access log names the trace.
-    let lines = wait_for(PATIENCE, || {
+    let lines = support::wait_until(PATIENCE, || {
         let text = std::fs::read_to_string(&access).unwrap_or_default();
         let lines: Vec<Json> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         (lines.len() >= 3).then_some(lines)
@@ -214,7 +216,7 @@ fn a_collector_that_is_down_costs_requests_nothing_and_drops_are_counted() {
         assert_eq!(curl(sluice.addr, &format!("/app/{i}"), &[]).status, 200);
         assert!(started.elapsed() < Duration::from_secs(2), "request {i} took {:?}", started.elapsed());
     }
-    let dropped = wait_for(PATIENCE, || {
+    let dropped = support::wait_until(PATIENCE, || {
         let n = metric_sum(&sluice.metrics(), "sluice_trace_spans_dropped_total");
         (n >= REQUESTS as f64).then_some(n)
     })
@@ -455,7 +457,7 @@ impl Collector {
 
     /// Waits until at least `n` spans arrived.
     fn wait_spans(&self, n: usize, sluice: &Sluice) -> Vec<Exported> {
-        wait_for(PATIENCE, || {
+        support::wait_until(PATIENCE, || {
             let spans = self.spans();
             (spans.len() >= n).then_some(spans)
         })
@@ -603,7 +605,7 @@ impl Proc {
     /// The rest of the first stdout line starting with `prefix`, waiting
     /// for it.
     fn stdout_value(&self, prefix: &str) -> String {
-        wait_for(PATIENCE, || {
+        support::wait_until(PATIENCE, || {
             let lines = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
             lines.iter().find_map(|l| l.strip_prefix(prefix)).map(str::to_string)
         })
@@ -623,7 +625,7 @@ impl Proc {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let exit = wait_for(timeout, || self.child.try_wait().ok().flatten());
+        let exit = support::wait_until(timeout, || self.child.try_wait().ok().flatten());
         self.exit = exit;
         exit
     }
@@ -762,19 +764,6 @@ fn closed_port() -> u16 {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
-}
-
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A temporary directory, removed on drop.

@@ -1089,9 +1089,17 @@ spec:
 "#
     );
     for (svc, port) in services {
-        y.push_str(&format!(
-            r#"---
-apiVersion: v1
+        y.push_str("---\n");
+        y.push_str(&local_service(svc, *port));
+    }
+    y
+}
+
+/// A Service `default/{svc}` (port `http` 8080) and a hand-made
+/// EndpointSlice pointing it at `127.0.0.1:{port}`.
+pub fn local_service(svc: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Service
 metadata:
   name: {svc}
@@ -1115,9 +1123,7 @@ ports:
 endpoints:
 - addresses: ["127.0.0.1"]
 "#
-        ));
-    }
-    y
+    )
 }
 
 /// Rules sending PathPrefix `prefix` to `service`:8080.
