@@ -461,6 +461,8 @@ def check_pdb_hpa(docs, dep, variant, err):
         if pdbs or hpas:
             err("dev overlay should have no PDB or HPA")
         return
+    if "replicas" in dep["spec"]:
+        err("Deployment sets replicas while an HPA owns the count (every apply/sync would fight the HPA)")
     if len(pdbs) != 1 or len(hpas) != 1:
         err("expected one PodDisruptionBudget and one HorizontalPodAutoscaler")
         return
@@ -716,6 +718,7 @@ def mutations():
         "privilege escalation": lambda d: c0(d)["securityContext"].update(allowPrivilegeEscalation=True),
         "capability added": lambda d: c0(d)["securityContext"]["capabilities"].update(add=["NET_BIND_SERVICE"]),
         "root user": lambda d: dep(d)["spec"]["template"]["spec"]["securityContext"].update(runAsUser=0),
+        "replicas beside HPA": lambda d: dep(d)["spec"].update(replicas=3),
         "no memory limit": lambda d: c0(d)["resources"]["limits"].pop("memory"),
         "wildcard verb": lambda d: crole(d)["rules"].append({"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}),
         "secrets write": lambda d: crole(d)["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
