@@ -390,6 +390,9 @@ def check_deployment(docs, variant, flags_known, paths, err):
             err(f"topologySpreadConstraints lacks {k}")
         elif not selects(keys[k].get("labelSelector"), labels):
             err(f"topology spread on {k} does not select the pods")
+    for t in pod.get("topologySpreadConstraints", []):
+        if t.get("whenUnsatisfiable") == "DoNotSchedule" and t.get("nodeTaintsPolicy") != "Honor":
+            err(f"hard spread on {t['topologyKey']} without nodeTaintsPolicy Honor: tainted nodes count as empty domains")
     if len(pod.get("topologySpreadConstraints", [])) != len(keys):
         err("two topologySpreadConstraints on one topologyKey")
     if variant in ("aks", "all") and keys.get("topology.kubernetes.io/zone", {}).get("whenUnsatisfiable") != "DoNotSchedule":
