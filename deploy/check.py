@@ -108,33 +108,68 @@ class Errors:
 # ---------------------------------------------------------------- CLI source
 
 
+def _balanced(text, i, open_, close):
+    """Index just past the bracket that closes text[i] (== open_), skipping strings."""
+    depth, in_str = 0, False
+    while i < len(text):
+        ch = text[i]
+        if in_str:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in open_:
+            depth += 1
+        elif ch in close:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
+def struct_fields(body):
+    """[(attributes, field name, type)] of a Rust struct body."""
+    body = "\n".join(line for line in body.splitlines() if not line.strip().startswith("//"))
+    fields, attrs, i = [], [], 0
+    while i < len(body):
+        if body[i].isspace():
+            i += 1
+        elif body.startswith("#[", i):
+            j = _balanced(body, i + 1, "[", "]")
+            attrs.append(body[i:j])
+            i = j
+        else:
+            j = i
+            depth = 0
+            while j < len(body) and not (body[j] == "," and depth == 0):
+                depth += body[j] in "<([" and 1 or body[j] in ">)]" and -1 or 0
+                j += 1
+            m = re.match(r"\s*(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:\s*(.+)", body[i:j], re.S)
+            if m:
+                fields.append((" ".join(attrs), m.group(1), " ".join(m.group(2).split())))
+            attrs, i = [], j + 1
+    return fields
+
+
 def rust_structs(src_dir):
     """{struct name: [(flag, takes_value, flatten_type)]} from clap derive code."""
     structs = {}
     for path in sorted(glob.glob(os.path.join(src_dir, "**", "*.rs"), recursive=True)):
         text = open(path, encoding="utf-8").read()
-        for m in re.finditer(r"pub struct (\w+)\s*\{(.*?)\n\}", text, re.S):
-            name, body = m.group(1), m.group(2)
+        for m in re.finditer(r"pub(?:\([^)]*\))? struct (\w+)\s*\{", text):
+            end = _balanced(text, m.end() - 1, "{", "}")
             fields = []
-            attrs = []
-            for line in body.splitlines():
-                s = line.strip()
-                if s.startswith("#["):
-                    attrs.append(s)
-                    continue
-                if attrs and not s.startswith("///") and s:
-                    fm = re.match(r"(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:\s*(.+?),?$", s)
-                    if fm:
-                        field, ty = fm.group(1), fm.group(2)
-                        joined = " ".join(attrs)
-                        if "flatten" in joined:
-                            fields.append((None, None, re.sub(r"\W.*", "", ty.split("::")[-1])))
-                        elif re.search(r"\barg\(.*\blong\b", joined):
-                            lm = re.search(r'\blong\s*=\s*"([^"]+)"', joined)
-                            flag = "--" + (lm.group(1) if lm else field.replace("_", "-"))
-                            fields.append((flag, ty.strip() != "bool", None))
-                    attrs = []
-            structs[name] = fields
+            for attrs, field, ty in struct_fields(text[m.end():end - 1]):
+                if re.search(r"\b(?:command|clap)\(\s*flatten", attrs):
+                    fields.append((None, None, re.sub(r"\W.*", "", ty.split("::")[-1])))
+                elif re.search(r"#\[(?:arg|clap)\((?:[^]]*\W)?long\b", attrs):
+                    lm = re.search(r'\blong\s*=\s*"([^"]+)"', attrs)
+                    flag = "--" + (lm.group(1) if lm else field.replace("_", "-"))
+                    fields.append((flag, ty != "bool", None))
+            structs[m.group(1)] = fields
     return structs
 
 
