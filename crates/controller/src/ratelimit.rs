@@ -572,3 +572,24 @@ fn target_exists(objects: &Objects, kind: TargetKind, ns: &str, n: &str, section
 
 #[cfg(test)]
 mod tests;
+
+/// Ready endpoints (distinct addresses) in the EndpointSlices of Service
+/// `ns/svc`: the Sluice replica count for cluster mode. An endpoint whose
+/// `conditions.ready` is unset counts as ready (EndpointSlice semantics).
+pub fn ready_replicas(objects: &Objects, ns: &str, svc: &str) -> usize {
+    let mut addrs = std::collections::BTreeSet::new();
+    for slice in &objects.endpoint_slices {
+        let owner = slice.metadata.labels.as_ref().and_then(|l| l.get(crate::endpoints::SERVICE_NAME_LABEL));
+        if namespace(&slice.metadata) != ns || owner.map(String::as_str) != Some(svc) {
+            continue;
+        }
+        for ep in slice.endpoints.iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+                && let Some(a) = ep.addresses.first()
+            {
+                addrs.insert(a.clone());
+            }
+        }
+    }
+    addrs.len()
+}
