@@ -314,3 +314,12 @@ fn cluster_mode_splits_across_replicas_and_resplits() {
     let allowed = round_robin(&addrs[..2], 60);
     assert!((30..=33).contains(&allowed), "2 replicas admitted {allowed}, want ~30");
 }
+
+#[test]
+fn the_example_config_checks() {
+    let (code, out) = support::sluice_check(&support::repo_dir().join("config/ratelimit.yaml"));
+    assert_eq!(code, 0, "sluice check config/ratelimit.yaml:\n{out}");
+    for p in ["api-login", "api-default", "api-partners"] {
+        assert!(out.contains(&format!("RateLimitPolicy default/{p} Accepted=True")), "{out}");
+    }
+}
