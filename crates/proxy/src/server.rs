@@ -165,13 +165,14 @@ async fn handle(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let decision = decide(conn, &mut req, &authority, outcome)?;
+    // A Redis limit answers before any routing error (e.g. no endpoint).
+    let decision = decide(conn, &mut req, &authority, outcome);
     if crate::ratelimit::has_pending(&outcome.ratelimit)
         && let Some(resp) = crate::ratelimit::settle(&mut outcome.ratelimit).await
     {
         return Ok(resp);
     }
-    match decision {
+    match decision? {
         Decision::Respond(resp) => Ok(resp),
         Decision::Forward(plan) => {
             if let (Some(t), Some(tracer)) = (trace, &shared.tracer) {
