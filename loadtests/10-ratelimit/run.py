@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROXY_PORT = 18180
-ADMIN_PORT = 18181
-BACKEND_PORT = 18001
-REDIS_PORT = 18379
+# Not the 18xxx ports of loadtests/run.py, so the two can never collide.
+PROXY_PORT = 28180
+ADMIN_PORT = 28181
+BACKEND_PORT = 28001
+REDIS_PORT = 28379
 
 BACKEND_CONF = f"""
 worker_processes 1;
@@ -154,18 +155,20 @@ def stop(p):
             p.wait()
 
 
-def wrk(duration):
+def wrk(duration, conns=64):
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency",
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
          f"http://127.0.0.1:{PROXY_PORT}/"],
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale,
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+            "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
@@ -244,6 +247,7 @@ def main():
         Case("nginx limit_req", work, args.sluice, "nginx", "limit_req"),
     ]
     results = {c.name: [] for c in cases}
+    latency = {c.name: [] for c in cases}
     load_before = os.getloadavg()
     try:
         for c in cases:
@@ -255,10 +259,14 @@ def main():
             for c in cases:
                 c.up()
                 res = wrk(args.duration)
+                # One connection: no queueing, so latency is the service
+                # time and its difference is what the decision adds.
+                lat = wrk(max(3, args.duration // 2), conns=1)
                 c.down()
                 results[c.name].append(res)
-                print(f"round {r + 1} {c.name:16} {res['rps']:>10.0f} rps  p99 {res['p99_ms']:.3f} ms  non2xx {res['non2xx']}",
-                      flush=True)
+                latency[c.name].append(lat)
+                print(f"round {r + 1} {c.name:16} {res['rps']:>10.0f} rps  p99 {res['p99_ms']:.3f} ms  non2xx {res['non2xx']}"
+                      f"  | 1 conn: p50 {lat['p50_ms']:.3f} p99 {lat['p99_ms']:.3f} ms non2xx {lat['non2xx']}", flush=True)
     finally:
         for c in cases:
             stop(c.proc)
@@ -269,6 +277,8 @@ def main():
     med = {n: {"rps": statistics.median(x["rps"] for x in v), "p99_ms": statistics.median(x["p99_ms"] for x in v),
                "rps_min": min(x["rps"] for x in v), "rps_max": max(x["rps"] for x in v),
                "non2xx": sum(x["non2xx"] for x in v)} for n, v in results.items()}
+    lmed = {n: {"p50_ms": statistics.median(x["p50_ms"] for x in v), "p99_ms": statistics.median(x["p99_ms"] for x in v),
+                "non2xx": sum(x["non2xx"] for x in v)} for n, v in latency.items()}
     base, nbase = med["sluice"], med["nginx"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
@@ -298,6 +308,18 @@ def main():
         )
     lines += [
         "",
+        "Latency with one connection (no queueing: the service time; `added` = the case minus its no-limit row):",
+        "",
+        "| case | p50 ms | p99 ms | p50 added | p99 added | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in latency:
+        m = lmed[name]
+        ref = lmed["nginx"] if name.startswith("nginx") else lmed["sluice"]
+        lines.append(f"| {name} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['p50_ms'] - ref['p50_ms']:+.3f} | "
+                     f"{m['p99_ms'] - ref['p99_ms']:+.3f} | {m['non2xx']} |")
+    lines += [
+        "",
         "Ratios: Sluice cases against `sluice` (no limit), nginx cases against `nginx` (no limit).",
         "",
         "Targets (issue 6): local costs < 5% RPS (ratio ≥ 0.95); redis adds < 1 ms p99 on loopback.",
@@ -306,7 +328,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps({"rounds": results, "median": med}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"rounds": results, "median": med, "latency_rounds": latency, "latency_median": lmed}, indent=1))
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
 
