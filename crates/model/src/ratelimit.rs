@@ -191,13 +191,14 @@ impl RateLimit {
     }
 
     /// The client address for keying and the allow-list: the peer, or the
-    /// `trusted_hops`-th entry from the right of `X-Forwarded-For`.
-    pub fn client_address(&self, peer: IpAddr, xff: Option<&HeaderValue>) -> IpAddr {
+    /// `trusted_hops`-th entry from the right of `X-Forwarded-For` (all of
+    /// its header lines, in order).
+    pub fn client_address<'a>(&self, peer: IpAddr, xff: impl DoubleEndedIterator<Item = &'a HeaderValue>) -> IpAddr {
         if self.trusted_hops == 0 {
             return peer;
         }
-        let Some(s) = xff.and_then(|v| v.to_str().ok()) else { return peer };
-        s.rsplit(',')
+        xff.rev()
+            .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
             .nth(usize::from(self.trusted_hops) - 1)
             .and_then(|a| parse_forwarded_addr(a.trim()))
             .unwrap_or(peer)
@@ -258,17 +259,22 @@ mod tests {
     fn trusted_hops_pick_from_the_right_of_xff() {
         let mut rl = RateLimit::new("p", 1, Duration::from_secs(1));
         let peer = ip("192.0.2.1");
-        let xff = HeaderValue::from_static("203.0.113.7, 198.51.100.2:4711, [2001:db8::1]:80");
-        assert_eq!(rl.client_address(peer, Some(&xff)), peer, "0 hops: the peer");
+        let xff = [HeaderValue::from_static("203.0.113.7, 198.51.100.2:4711, [2001:db8::1]:80")];
+        let pick = |rl: &RateLimit| rl.client_address(peer, xff.iter());
+        assert_eq!(pick(&rl), peer, "0 hops: the peer");
         rl.trusted_hops = 1;
-        assert_eq!(rl.client_address(peer, Some(&xff)), ip("2001:db8::1"));
+        assert_eq!(pick(&rl), ip("2001:db8::1"));
         rl.trusted_hops = 2;
-        assert_eq!(rl.client_address(peer, Some(&xff)), ip("198.51.100.2"));
+        assert_eq!(pick(&rl), ip("198.51.100.2"));
         rl.trusted_hops = 3;
-        assert_eq!(rl.client_address(peer, Some(&xff)), ip("203.0.113.7"));
+        assert_eq!(pick(&rl), ip("203.0.113.7"));
         rl.trusted_hops = 4;
-        assert_eq!(rl.client_address(peer, Some(&xff)), peer, "too few entries: the peer");
-        assert_eq!(rl.client_address(peer, None), peer);
+        assert_eq!(pick(&rl), peer, "too few entries: the peer");
+        assert_eq!(rl.client_address(peer, std::iter::empty()), peer);
+        // Several header lines read as one list.
+        let lines = [HeaderValue::from_static("203.0.113.7"), HeaderValue::from_static("198.51.100.2")];
+        rl.trusted_hops = 2;
+        assert_eq!(rl.client_address(peer, lines.iter()), ip("203.0.113.7"));
     }
 
     #[test]

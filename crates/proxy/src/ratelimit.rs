@@ -516,7 +516,7 @@ pub(crate) fn check(
         let Filter::RateLimit(rl) = f else { continue };
         let Some(bound) = rl.state.get().and_then(|s| s.downcast_ref::<Bound>()) else { continue };
         let counters = bound.counters.get(rule.route.label());
-        let client = rl.client_address(peer, headers.get("x-forwarded-for"));
+        let client = rl.client_address(peer, headers.get_all("x-forwarded-for").iter());
         if rl.allowed(client) {
             bump(counters, |c| &c.bypassed);
             continue;
