@@ -10,6 +10,7 @@
 
 pub mod endpoints;
 pub mod objects;
+pub mod ratelimit;
 pub mod report;
 pub mod source;
 pub mod translate;

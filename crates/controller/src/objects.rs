@@ -35,6 +35,8 @@ pub struct Objects {
     pub secrets: Vec<Secret>,
     /// Namespaces (for allowedRoutes selectors).
     pub namespaces: Vec<Namespace>,
+    /// RateLimitPolicies (policy.sluice.dev).
+    pub rate_limit_policies: Vec<crate::ratelimit::RateLimitPolicy>,
 }
 
 // === impl Objects ===
@@ -94,6 +96,9 @@ impl Objects {
             ("discovery.k8s.io", "EndpointSlice") => push(&mut self.endpoint_slices, doc, &name, report),
             ("", "Secret") => push(&mut self.secrets, doc, &name, report),
             ("", "Namespace") => push(&mut self.namespaces, doc, &name, report),
+            (crate::ratelimit::GROUP, crate::ratelimit::KIND) => {
+                push(&mut self.rate_limit_policies, doc, &name, report)
+            }
             ("", "List") => {
                 if let Some(items) = doc.get("items").and_then(|i| i.as_array()) {
                     for item in items.clone() {
@@ -117,6 +122,7 @@ impl Objects {
             + self.endpoint_slices.len()
             + self.secrets.len()
             + self.namespaces.len()
+            + self.rate_limit_policies.len()
     }
 
     /// Whether no object is held.
@@ -173,6 +179,7 @@ impl Objects {
         self.endpoint_slices.extend_from_slice(&other.endpoint_slices);
         self.secrets.extend_from_slice(&other.secrets);
         self.namespaces.extend_from_slice(&other.namespaces);
+        self.rate_limit_policies.extend_from_slice(&other.rate_limit_policies);
     }
 
     /// Whether `self` and `other` differ only in EndpointSlices, so that only
@@ -187,6 +194,7 @@ impl Objects {
             && self.services == other.services
             && self.secrets == other.secrets
             && self.namespaces == other.namespaces
+            && self.rate_limit_policies == other.rate_limit_policies
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Translation {
     pub input: TableInput,
     /// Conditions and diagnostics.
     pub report: Report,
+    /// Rate limits attached to rules (the proxy binds their state).
+    pub rate_limits: Vec<crate::ratelimit::AttachedLimit>,
 }
 
 /// Interns Service ports into [`BackendId`]s, and finds Services.
@@ -79,8 +81,9 @@ pub fn translate(objects: &Objects, options: &Options) -> Translation {
     let mut services = Services { index: crate::endpoints::Index::new(objects), ..Services::default() };
     gateway::translate(objects, options, &mut input, &mut services, &mut report);
     ingress::translate(objects, options, &mut input, &mut services, &mut report);
+    let rate_limits = crate::ratelimit::attach(objects, &mut input, &mut report);
     input.services = services.list;
-    Translation { input, report }
+    Translation { input, report, rate_limits }
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ pub enum Filter {
     Redirect(Redirect),
     /// `URLRewrite`: changes Host and/or path before forwarding.
     Rewrite(Rewrite),
+    /// A rate limit (`RateLimitPolicy` or Ingress annotations), checked
+    /// before every other filter of the rule.
+    RateLimit(std::sync::Arc<crate::ratelimit::RateLimit>),
 }
 
 /// `set`, `add` and `remove` actions on a header map.

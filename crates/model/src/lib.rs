@@ -12,12 +12,14 @@ pub mod duration;
 pub mod filter;
 pub mod host;
 pub mod path;
+pub mod ratelimit;
 pub mod table;
 
 pub use backend::{BackendGroup, BackendId, BackendTarget, EndpointSet, Endpoints, ServiceRef, WeightedBackend};
 pub use filter::{Filter, HeaderModifier, PathModifier, Redirect, Rewrite};
 pub use host::HostPattern;
 pub use path::PathMatch;
+pub use ratelimit::RateLimit;
 pub use table::{
     Bind, BindKey, Conditions, HeaderMatch, ListenerInput, MatchInput, NoRoute, Precedence, Protocol, QueryMatch,
     RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot, TableInput, ValueMatch,

@@ -435,6 +435,7 @@ impl RouteTable {
                     Filter::ResponseHeaders(_) => "ResponseHeaderModifier",
                     Filter::Redirect(_) => "RequestRedirect",
                     Filter::Rewrite(_) => "URLRewrite",
+                    Filter::RateLimit(_) => "RateLimit",
                 }).collect::<Vec<_>>(),
                 "backends": r.backends.backends().iter().map(backend).collect::<Vec<_>>(),
             })

@@ -34,7 +34,8 @@ pub(crate) fn apply_request<B>(
     for filter in filters {
         match filter {
             Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
-            Filter::ResponseHeaders(_) => {}
+            // Checked in `server.rs` before any filter runs.
+            Filter::ResponseHeaders(_) | Filter::RateLimit(_) => {}
             Filter::Rewrite(rw) => {
                 if let Some(host) = &rw.hostname {
                     req.headers_mut().insert(HOST, host.clone());

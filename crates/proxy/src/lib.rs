@@ -16,7 +16,9 @@
 //! 3. `route.rs`: one `snapshot.load()`, Host/`:authority` validation,
 //!    [`sluice_model::Bind::lookup`].
 //! 4. `headers.rs`: hop-by-hop stripping, `X-Forwarded-*`.
-//! 5. `filters.rs`: Gateway API filters (request headers, URL rewrite,
+//! 5. `ratelimit.rs`: the rule's rate limits (before any filter; Redis
+//!    decisions are awaited after the routing guard is dropped).
+//!    `filters.rs`: Gateway API filters (request headers, URL rewrite,
 //!    redirect; response headers after the upstream answers).
 //! 6. `upstream.rs`: weighted backend pick (`rng.rs`), endpoint pick,
 //!    pooled HTTP/1.1 client, timeouts; `upgrade.rs` splices upgraded
@@ -39,6 +41,7 @@ mod headers;
 mod listener;
 pub mod metrics;
 mod observe;
+pub mod ratelimit;
 pub mod rng;
 mod route;
 mod server;
@@ -57,6 +60,7 @@ pub use access_log::{AccessLog, AccessLogTarget, rfc3339};
 pub use config::ProxyConfig;
 pub use error::{Fault, ProxyError};
 pub use metrics::Metrics;
+pub use ratelimit::RateLimits;
 
 /// Observability wiring for [`Proxy::with_telemetry`].
 #[derive(Debug, Default)]

@@ -31,6 +31,8 @@ pub(crate) struct Outcome {
     pub(crate) upstream_elapsed: Option<Duration>,
     /// `http` or `https`: the matched listener's protocol.
     pub(crate) scheme: Option<&'static str>,
+    /// Rate limit results still needed (Redis decisions, response headers).
+    pub(crate) ratelimit: crate::ratelimit::Checked,
 }
 
 /// Request facts only the access log needs (captured only when it is on).

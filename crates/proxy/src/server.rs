@@ -51,6 +51,8 @@ pub(crate) struct ConnCtx {
     pub(crate) key: BindKey,
     /// The client IP, ready for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// The client IP (rate limit keys and allow-lists).
+    pub(crate) peer_ip: std::net::IpAddr,
 }
 
 /// What the synchronous routing phase decided.
@@ -104,7 +106,7 @@ impl ConnCtx {
     pub(crate) fn new(shared: Arc<Shared>, key: BindKey, peer: SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
         let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { shared, key, client_ip }
+        Self { shared, key, client_ip, peer_ip: ip }
     }
 }
 
@@ -163,7 +165,14 @@ async fn handle(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    match decide(conn, &mut req, &authority, outcome)? {
+    // A Redis limit answers before any routing error (e.g. no endpoint).
+    let decision = decide(conn, &mut req, &authority, outcome);
+    if crate::ratelimit::has_pending(&outcome.ratelimit)
+        && let Some(resp) = crate::ratelimit::settle(&mut outcome.ratelimit).await
+    {
+        return Ok(resp);
+    }
+    match decision? {
         Decision::Respond(resp) => Ok(resp),
         Decision::Forward(plan) => {
             if let (Some(t), Some(tracer)) = (trace, &shared.tracer) {
@@ -173,8 +182,11 @@ async fn handle(
                 t.propagate(tracer, &method, outcome, req.headers_mut());
             }
             let sent = Instant::now();
-            let resp = upstream::forward(shared, plan, req).await;
+            let mut resp = upstream::forward(shared, plan, req).await;
             outcome.upstream_elapsed = Some(sent.elapsed());
+            if let Ok(r) = &mut resp {
+                crate::ratelimit::decorate(&outcome.ratelimit, r.headers_mut());
+            }
             resp
         }
     }
@@ -199,6 +211,9 @@ fn decide(
         Protocol::Https => "https",
     };
     outcome.scheme = Some(scheme);
+    if let Some(resp) = crate::ratelimit::check(rule, conn.peer_ip, req.headers(), &mut outcome.ratelimit) {
+        return Ok(Decision::Respond(resp));
+    }
 
     let http11 = req.version() == Version::HTTP_11;
     let stripped = headers::strip_request(req.headers_mut(), http11);

@@ -7,6 +7,7 @@
 mod admin;
 mod check;
 mod echo;
+mod ratelimit;
 mod run;
 mod telemetry;
 

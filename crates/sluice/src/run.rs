@@ -60,6 +60,8 @@ pub struct RunArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub translate: TranslateArgs,
+    #[command(flatten)]
+    pub ratelimit: crate::ratelimit::RateLimitArgs,
     /// How long shutdown waits for in-flight requests (Go duration).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -117,6 +119,7 @@ struct Controller {
     generation: u64,
     metrics: ControlMetrics,
     admin: Arc<AdminState>,
+    limits: sluice_proxy::RateLimits,
 }
 
 /// Control-plane metrics, registered beside the proxy's.
@@ -194,6 +197,7 @@ impl Controller {
         if report.has_errors() {
             return Err(report);
         }
+        self.limits.set_replicas(self.args.ratelimit.replicas(&objects));
         if self.generation > 0 && objects.same_except_endpoints(&self.objects) {
             // Fast path: only endpoints changed; keep the compiled routes.
             let current = self.snapshot.load_full();
@@ -212,6 +216,7 @@ impl Controller {
             return Err(report);
         }
         log_report(&report);
+        crate::ratelimit::bind(&self.limits, &t.rate_limits);
         let report = report.clone();
         let generation = self.generation + 1;
         let table = RouteTable::compile(t.input, generation);
@@ -335,6 +340,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let binds = args.binds.clone();
     let admin_addr = (!args.no_admin).then_some(args.admin);
     let config = args.config.clone();
+    let limits = sluice_proxy::RateLimits::new(&registry, args.ratelimit.redis_url.clone(), args.ratelimit.replicas)
+        .context("registering rate limit metrics")?;
+    limits.start();
     let mut controller = Controller {
         args,
         snapshot: snapshot.clone(),
@@ -343,6 +351,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         generation: 0,
         metrics: ControlMetrics::new(&registry).context("registering metrics")?,
         admin: admin.clone(),
+        limits,
     };
     if let Err(report) = controller.reload(Instant::now()) {
         log_report(&report);

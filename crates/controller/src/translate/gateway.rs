@@ -702,6 +702,8 @@ fn compile_filter(f: &HttpRouteRulesFilters, single_prefix: bool) -> Result<Comp
                 .transpose()?;
             Filter::Rewrite(Rewrite { hostname, path })
         }
+        // Resolved (or reported missing) by `crate::ratelimit::attach`.
+        FilterType::ExtensionRef if crate::ratelimit::is_policy_ref(f) => return Ok((None, None)),
         FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
             let name =
                 serde_json::to_value(&f.r#type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
