@@ -38,7 +38,6 @@ PENDING_FLAGS = {
     "--pod-name": ("kube", True),
     "--pod-namespace": ("kube", True),
     "--leader-lease": ("kube", True),
-    "--self-service": ("ratelimit", True),
 }
 
 # What Sluice watches, cluster-wide, read-only (get/list/watch).
