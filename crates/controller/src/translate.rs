@@ -8,6 +8,9 @@
 mod backend;
 mod gateway;
 mod ingress;
+mod tls;
+
+pub use tls::parse_pem;
 
 use std::collections::BTreeMap;
 

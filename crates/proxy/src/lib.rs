@@ -42,6 +42,7 @@ mod observe;
 pub mod rng;
 mod route;
 mod server;
+mod tls;
 mod trace;
 mod upgrade;
 mod upstream;

@@ -51,6 +51,8 @@ pub(crate) struct ConnCtx {
     pub(crate) key: BindKey,
     /// The client IP, ready for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// TLS: the SNI of the handshake (lowercase).
+    pub(crate) sni: Option<Box<str>>,
 }
 
 /// What the synchronous routing phase decided.
@@ -104,7 +106,7 @@ impl ConnCtx {
     pub(crate) fn new(shared: Arc<Shared>, key: BindKey, peer: SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
         let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { shared, key, client_ip }
+        Self { shared, key, client_ip, sni: None }
     }
 }
 
@@ -191,7 +193,7 @@ fn decide(
 ) -> Result<Decision, ProxyError> {
     let shared = &*conn.shared;
     let snapshot = shared.snapshot.load();
-    let m = route::lookup(&snapshot.routes, &conn.key, req, authority)?;
+    let m = route::lookup(&snapshot.routes, &conn.key, req, authority, conn.sni.as_deref())?;
     let rule = m.rule;
     outcome.rule = Some(rule.clone());
     let scheme = match m.listener.protocol {

@@ -26,6 +26,8 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// Port Ingress HTTP traffic is served on.
 pub const HTTP_PORT: u16 = 80;
+/// Port Ingress HTTPS traffic is served on (when an Ingress has `spec.tls`).
+pub const HTTPS_PORT: u16 = 443;
 
 pub(super) fn translate(
     objects: &Objects,
@@ -75,14 +77,76 @@ pub(super) fn translate(
         // Gateway listeners with an equal hostname on a shared port win.
         order: u32::MAX,
     });
-    for ing in ingresses {
-        translate_one(ing, listener, input, services, report);
+    // `spec.tls`: one HTTPS listener on 443 serving every Ingress rule
+    // (as ingress-nginx does), with the certificates chosen by SNI.
+    let certs = tls_certificates(&ingresses, objects, report);
+    let mut listeners = vec![listener];
+    if !certs.is_empty() {
+        let https = input.listeners.len();
+        input.listeners.push(ListenerInput {
+            bind: BindKey { gateway: None, port: HTTPS_PORT },
+            name: "ingress/https".into(),
+            hostname: HostPattern::Any,
+            port: HTTPS_PORT,
+            protocol: Protocol::Https,
+            precedence: Precedence::Ingress,
+            order: u32::MAX,
+        });
+        for (host, cert) in certs {
+            input.certificates.push(sluice_model::CertInput { listener: https, host, cert });
+        }
+        listeners.push(https);
     }
+    for ing in ingresses {
+        translate_one(ing, &listeners, input, services, report);
+    }
+}
+
+/// The certificates of every `spec.tls` entry, by host (an entry without
+/// hosts is the catch-all). Bad Secrets are reported and skipped.
+fn tls_certificates(
+    ingresses: &[&Ingress],
+    objects: &Objects,
+    report: &mut Report,
+) -> Vec<(HostPattern, sluice_model::Certificate)> {
+    let mut out = Vec::new();
+    for ing in ingresses {
+        let (ns, iname) = (namespace(&ing.metadata), name(&ing.metadata));
+        for (ti, t) in ing.spec.as_ref().and_then(|s| s.tls.as_ref()).into_iter().flatten().enumerate() {
+            let Some(secret) = t.secret_name.as_deref().filter(|s| !s.is_empty()) else {
+                report.push(
+                    Severity::Warning,
+                    format!("Ingress {ns}/{iname}"),
+                    format!("spec.tls[{ti}].secretName"),
+                    "no secretName: SNI routing without a certificate is not supported; entry ignored",
+                );
+                continue;
+            };
+            match super::tls::secret_certificate(objects, ns, secret) {
+                Ok(cert) => {
+                    let hosts: Vec<HostPattern> =
+                        t.hosts.iter().flatten().map(|h| HostPattern::ingress(Some(h))).collect();
+                    if hosts.is_empty() {
+                        out.push((HostPattern::Any, cert));
+                    } else {
+                        out.extend(hosts.into_iter().map(|h| (h, cert.clone())));
+                    }
+                }
+                Err(e) => report.push(
+                    Severity::Warning,
+                    format!("Ingress {ns}/{iname}"),
+                    format!("spec.tls[{ti}].secretName"),
+                    format!("{e}; these hosts get no certificate"),
+                ),
+            }
+        }
+    }
+    out
 }
 
 fn translate_one(
     ing: &Ingress,
-    listener: usize,
+    listeners: &[usize],
     input: &mut TableInput,
     services: &mut Services<'_>,
     report: &mut Report,
@@ -128,28 +192,33 @@ fn translate_one(
             });
             rule_index += 1;
         }
-        input.routes.push(RouteInput {
-            listener,
-            route: route.clone(),
-            created: created(&ing.metadata),
-            hostnames: vec![host],
-            rules,
-            fallback: false,
-        });
+        for &listener in listeners {
+            input.routes.push(RouteInput {
+                listener,
+                route: route.clone(),
+                created: created(&ing.metadata),
+                hostnames: vec![host.clone()],
+                rules: rules.clone(),
+                fallback: false,
+            });
+        }
     }
     if let Some(b) = &spec.default_backend {
         let backend = resolve(b, ns, services, report, &object, "spec.defaultBackend");
-        input.routes.push(RouteInput {
-            listener,
-            route: route.clone(),
-            created: created(&ing.metadata),
-            hostnames: vec![HostPattern::Any],
-            rules: vec![RuleInput {
-                rule: rule_for(&route, rule_index, backend),
-                matches: vec![MatchInput { path: PathMatch::prefix("/"), conditions: Conditions::default() }],
-            }],
-            fallback: true,
-        });
+        let rule = rule_for(&route, rule_index, backend);
+        for &listener in listeners {
+            input.routes.push(RouteInput {
+                listener,
+                route: route.clone(),
+                created: created(&ing.metadata),
+                hostnames: vec![HostPattern::Any],
+                rules: vec![RuleInput {
+                    rule: rule.clone(),
+                    matches: vec![MatchInput { path: PathMatch::prefix("/"), conditions: Conditions::default() }],
+                }],
+                fallback: true,
+            });
+        }
     }
 }
 
