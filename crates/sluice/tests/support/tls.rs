@@ -24,6 +24,8 @@ pub struct TestCa {
 pub struct Leaf {
     pub cert: String,
     pub key: String,
+    /// The certificate, DER (to compare with what a client was served).
+    pub der: Vec<u8>,
 }
 
 impl TestCa {
@@ -46,7 +48,7 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("signing the leaf");
-        Leaf { cert: cert.pem(), key: key.serialize_pem() }
+        Leaf { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().to_vec() }
     }
 }
 
@@ -160,8 +162,19 @@ pub struct Handshake {
 /// `openssl s_client -connect ADDR [-servername NAME | -noservername]
 /// -CAfile CA [-alpn ...]`, then closes.
 pub fn s_client(addr: SocketAddr, servername: Option<&str>, ca: &Path, alpn: Option<&str>) -> Handshake {
+    s_client_with(addr, servername, ca, alpn, &[])
+}
+
+/// [`s_client`] with extra arguments (e.g. `-tls1_2`, `-sess_out F`).
+pub fn s_client_with(
+    addr: SocketAddr,
+    servername: Option<&str>,
+    ca: &Path,
+    alpn: Option<&str>,
+    extra: &[&str],
+) -> Handshake {
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &addr.to_string(), "-CAfile"]).arg(ca);
+    cmd.args(["s_client", "-connect", &addr.to_string()]).args(extra).arg("-CAfile").arg(ca);
     match servername {
         Some(n) => cmd.args(["-servername", n]),
         None => cmd.arg("-noservername"),
