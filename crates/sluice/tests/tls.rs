@@ -337,7 +337,7 @@ fn ingress_spec_tls_serves_its_hosts_on_443() {
         return;
     }
     let env = start("tls-ingress", |ca| {
-        let mut y = tls_secret_yaml("default", "foo-tls", &ca.leaf("foo", &["foo.bar.com"]));
+        let mut y = tls_secret_yaml("default", "foo-tls", &ca.leaf("foo", &["foo.bar.com", "plain.com"]));
         y.push_str(&tls_secret_yaml("default", "wild-tls", &ca.leaf("wild", &["*.wild.com"])));
         y.push_str(
             r#"---
@@ -367,6 +367,37 @@ spec:
     http:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 8080}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: no-redirect
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/ssl-redirect: "false"}
+spec:
+  ingressClassName: sluice
+  tls:
+  - hosts: [plain.com]
+    secretName: foo-tls
+  rules:
+  - host: plain.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 8080}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: forced
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/force-ssl-redirect: "true"}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: forced.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 8080}}}}
 "#,
         );
         vec![("body.yaml", y)]
@@ -382,9 +413,20 @@ spec:
     assert_eq!(r.status, 200, "{r:?}");
     // Ingress wildcards cover one label; no catch-all certificate.
     assert!(!s_client(https, Some("a.b.wild.com"), ca, None).ok);
-    // Plain HTTP keeps serving the same rules.
-    let r = support::curl(http, &support::Req::get("/").host("foo.bar.com")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status, 200);
+    // Plain HTTP: the TLS hosts redirect to HTTPS (ingress-nginx's
+    // ssl-redirect default), unless the annotation turns it off;
+    // force-ssl-redirect redirects without spec.tls.
+    let plain = |host: &str| {
+        support::curl(http, &support::Req::get("/p?q=1").host(host)).unwrap_or_else(|e| panic!("{host}: {e}"))
+    };
+    let r = plain("foo.bar.com");
+    assert_eq!((r.status, r.header("location")), (308, Some("https://foo.bar.com/p?q=1".into())), "{r:?}");
+    let r = plain("forced.com");
+    assert_eq!((r.status, r.header("location")), (308, Some("https://forced.com/p?q=1".into())), "{r:?}");
+    let r = plain("plain.com");
+    assert_eq!((r.status, r.pod().is_some_and(|p| p.starts_with("app"))), (200, true), "{r:?}");
+    let r = curl_https(https, "plain.com", None, "/", ca, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
     // The missing Secret is reported by name.
     let (_, diag) = env.sluice.admin_get("/diagnostics").expect("diagnostics");
     assert!(diag.contains("Secret default/does-not-exist not found"), "{diag}");
