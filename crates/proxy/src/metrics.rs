@@ -119,7 +119,7 @@ impl Metrics {
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "sluice_tls_handshakes_total",
-                "TLS handshakes on HTTPS listeners by result: ok, resumed, no_certificate, error, timeout.",
+                "TLS handshakes on HTTPS listeners by result: ok, resumed, no_certificate, error, closed, timeout.",
             ),
             &["result"],
         )?;

@@ -11,8 +11,9 @@
 //!
 //! A handshake that fails (garbage instead of a ClientHello, no matching
 //! certificate, timeout) closes that connection only; it is counted in
-//! `sluice_tls_handshakes_total{result}` and logged at debug without any
-//! key material.
+//! `sluice_tls_handshakes_total{result}` (`ok`, `resumed`, `no_certificate`,
+//! `error`: a TLS protocol failure, `closed`: the client went away,
+//! `timeout`) and logged at debug without any key material.
 
 use std::fmt;
 use std::io;
@@ -52,6 +53,7 @@ struct Counters {
     resumed: IntCounter,
     no_certificate: IntCounter,
     error: IntCounter,
+    closed: IntCounter,
     timeout: IntCounter,
 }
 
@@ -92,6 +94,7 @@ impl TlsSocket {
             resumed: c("resumed"),
             no_certificate: c("no_certificate"),
             error: c("error"),
+            closed: c("closed"),
             timeout: c("timeout"),
         };
         Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), counters: Arc::new(counters) })
@@ -108,14 +111,13 @@ impl TlsSocket {
                 None
             }
             Ok(Err(error)) => {
-                let no_cert = error
-                    .get_ref()
-                    .and_then(|e| e.downcast_ref::<rustls::Error>())
-                    .is_some_and(|e| matches!(e, rustls::Error::General(m) if m.contains("no server certificate")));
-                if no_cert {
-                    c.no_certificate.inc()
-                } else {
-                    c.error.inc()
+                // A TLS-level failure carries a rustls error; anything else
+                // is the socket (the client went away, e.g. right after its
+                // Finished, before our session tickets were sent).
+                match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::General(m)) if m.contains("no server certificate") => c.no_certificate.inc(),
+                    Some(_) => c.error.inc(),
+                    None => c.closed.inc(),
                 }
                 tracing::debug!(%error, "TLS handshake failed");
                 None
