@@ -196,6 +196,9 @@ pub struct TableInput {
     pub services: Vec<ServiceRef>,
     /// Certificates of HTTPS listeners, already parsed and checked.
     pub certificates: Vec<crate::tls::CertInput>,
+    /// Backends spoken to over HTTP/2 with prior knowledge (Service port
+    /// `appProtocol: kubernetes.io/h2c`); the others get HTTP/1.1.
+    pub h2c_backends: Vec<crate::BackendId>,
 }
 
 /// The compiled, immutable routing table.
@@ -206,6 +209,8 @@ pub struct RouteTable {
     binds: BTreeMap<BindKey, Bind>,
     services: Arc<[ServiceRef]>,
     service_labels: Arc<[Arc<str>]>,
+    /// Per backend: HTTP/2 prior knowledge upstream.
+    h2c: Arc<[bool]>,
 }
 
 /// What the proxy reads per request: routes and endpoints, swapped together
@@ -377,7 +382,13 @@ impl RouteTable {
             })
             .collect();
         let service_labels = input.services.iter().map(|s| Arc::from(s.to_string())).collect();
-        Self { generation, binds, services: input.services.into(), service_labels }
+        let mut h2c = vec![false; input.services.len()];
+        for id in &input.h2c_backends {
+            if let Some(b) = h2c.get_mut(id.0 as usize) {
+                *b = true;
+            }
+        }
+        Self { generation, binds, services: input.services.into(), service_labels, h2c: h2c.into() }
     }
 
     /// The bind for a socket key.
@@ -393,6 +404,11 @@ impl RouteTable {
     /// Services referenced by backends, indexed by [`crate::BackendId`].
     pub fn services(&self) -> &Arc<[ServiceRef]> {
         &self.services
+    }
+
+    /// Whether the backend speaks HTTP/2 with prior knowledge (h2c).
+    pub fn is_h2c(&self, id: crate::BackendId) -> bool {
+        self.h2c.get(id.0 as usize).copied().unwrap_or(false)
     }
 
     /// `namespace/name:port` of a backend, for metric labels.

@@ -646,3 +646,28 @@ fn gateway_secret_reference_grants() {
         }
     }
 }
+
+/// HTTPRouteBackendProtocolH2C: the backendRef's Service port has
+/// `appProtocol: kubernetes.io/h2c`, so Sluice speaks HTTP/2 with prior
+/// knowledge to the echo (which reports the protocol it received). The one
+/// case of the Go test (`GET /` → 200 from infra-backend-v1, client over h2c
+/// prior knowledge) is written out: the runner does not evaluate its
+/// `Protocol` field. Also sent over HTTP/1.1: the upstream protocol follows
+/// the backend, not the client.
+#[test]
+fn http_route_backend_protocol_h2c() {
+    let test = "HTTPRouteBackendProtocolH2C";
+    if !require_curl(test) {
+        return;
+    }
+    let env = ConformanceEnv::start(&["httproute-backend-protocol-h2c"]);
+    let addr = env.addr_of(SAME_NAMESPACE, 80);
+    for http2 in [true, false] {
+        let mut req = support::Req::get("/");
+        req.http2 = http2;
+        let r = support::curl_retry(addr, &req, std::time::Duration::from_secs(5));
+        assert_eq!(r.status, 200, "{test} (client h2c: {http2}): {r:?}");
+        assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v1")), "{test}: {r:?}");
+        assert_eq!(r.echo_str("proto"), Some("HTTP/2.0"), "{test} (client h2c: {http2}): the backend must see h2c");
+    }
+}
