@@ -169,8 +169,19 @@ fn gateway_listeners<'a>(
         let https = l.protocol == "HTTPS";
         let passthrough =
             l.tls.as_ref().and_then(|t| t.mode.as_ref()).is_some_and(|m| !matches!(m, TlsMode::Terminate));
-        let (certs, cert_problems) =
-            if https && !passthrough { tls::listener_certificates(l, gw_ns, objects) } else { (vec![], vec![]) };
+        let (certs, cert_problems, cert_warnings) = if https && !passthrough {
+            tls::listener_certificates(l, gw_ns, objects)
+        } else {
+            (vec![], vec![], vec![])
+        };
+        for w in cert_warnings {
+            report.push(
+                Severity::Warning,
+                format!("Gateway {gw_ns}/{gw_name}"),
+                format!("spec.listeners[{li}].tls.certificateRefs"),
+                format!("listener {}: {w}", l.name),
+            );
+        }
         let (accepted, reason, msg): (bool, &'static str, String) = match (l.protocol.as_str(), port) {
             (_, None) => (false, "UnsupportedValue", format!("port {} is out of range", l.port)),
             ("HTTP" | "HTTPS", _) if protocol_conflict => {

@@ -178,6 +178,14 @@ fn tls_certificates(
                 Ok(cert) => {
                     let hosts: Vec<HostPattern> =
                         t.hosts.iter().flatten().map(|h| HostPattern::ingress(Some(h))).collect();
+                    for h in hosts.iter().filter(|h| !super::tls::covers(&cert, h)) {
+                        report.push(
+                            Severity::Warning,
+                            format!("Ingress {ns}/{iname}"),
+                            format!("spec.tls[{ti}].hosts"),
+                            super::tls::uncovered(ns, secret, h),
+                        );
+                    }
                     if hosts.is_empty() {
                         out.push((i, HostPattern::Any, cert));
                     } else {

@@ -25,14 +25,17 @@ pub(super) struct Invalid {
 }
 
 /// Resolves every certificateRef of an HTTPS listener of Gateway `gw_ns`.
-/// Returns the usable certificates and the problems (in ref order).
+/// Returns the usable certificates, the problems (in ref order) and
+/// warnings (a certificate that does not cover the listener hostname).
 pub(super) fn listener_certificates(
     listener: &GatewayListeners,
     gw_ns: &str,
     objects: &Objects,
-) -> (Vec<Certificate>, Vec<Invalid>) {
+) -> (Vec<Certificate>, Vec<Invalid>, Vec<String>) {
     let mut certs = Vec::new();
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let hostname = sluice_model::HostPattern::gateway(listener.hostname.as_deref());
     let refs = listener.tls.as_ref().and_then(|t| t.certificate_refs.as_ref());
     for r in refs.into_iter().flatten() {
         let group = r.group.as_deref().unwrap_or_default();
@@ -65,7 +68,12 @@ pub(super) fn listener_certificates(
                 .map_err(|message| Invalid { reason: "InvalidCertificateRef", message })
         };
         match result {
-            Ok(c) => certs.push(c),
+            Ok(c) => {
+                if !covers(&c, &hostname) {
+                    warnings.push(uncovered(ns, &r.name, &hostname));
+                }
+                certs.push(c);
+            }
             Err(e) => problems.push(e),
         }
     }
@@ -75,7 +83,31 @@ pub(super) fn listener_certificates(
             message: "an HTTPS listener in Terminate mode needs at least one certificateRef".into(),
         });
     }
-    (certs, problems)
+    (certs, problems, warnings)
+}
+
+/// Whether the certificate's names cover `host` (for a wildcard, any one
+/// name under it). Unparsable names count as covered: this only feeds a
+/// warning.
+pub(super) fn covers(cert: &Certificate, host: &sluice_model::HostPattern) -> bool {
+    use sluice_model::HostPattern;
+    let name = match host {
+        HostPattern::Any => return true,
+        HostPattern::Exact(h) => h.clone(),
+        HostPattern::Wildcard { suffix, .. } => format!("sluice-name-check{suffix}"),
+    };
+    let (Some(der), Ok(name)) = (cert.cert.first(), rustls::pki_types::ServerName::try_from(name)) else {
+        return true;
+    };
+    match webpki::EndEntityCert::try_from(der) {
+        Ok(ee) => ee.verify_is_valid_for_subject_name(&name).is_ok(),
+        Err(_) => true,
+    }
+}
+
+/// The warning for a certificate that does not cover a hostname.
+pub(super) fn uncovered(ns: &str, secret: &str, host: &sluice_model::HostPattern) -> String {
+    format!("the certificate in Secret {ns}/{secret} does not cover {host}: clients that check names will refuse it")
 }
 
 /// Finds Secret `ns/name` and parses its `tls.crt`/`tls.key`.
@@ -148,5 +180,19 @@ mod tests {
         assert!(e.contains("tls.crt"), "{e}");
         let e = parse_pem(crt.as_bytes(), crt.as_bytes()).err().unwrap_or_default();
         assert!(e.contains("tls.key"), "{e}");
+    }
+
+    #[test]
+    fn coverage_of_listener_hostnames() {
+        use sluice_model::HostPattern;
+        let (crt, key) = pair(&["a.example", "*.w.example"]);
+        let c = parse_pem(crt.as_bytes(), key.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let g = |h: &str| HostPattern::gateway(Some(h));
+        assert!(covers(&c, &g("a.example")));
+        assert!(covers(&c, &g("x.w.example")));
+        assert!(covers(&c, &g("*.w.example")));
+        assert!(covers(&c, &HostPattern::Any));
+        assert!(!covers(&c, &g("b.example")));
+        assert!(!covers(&c, &g("*.example")));
     }
 }
