@@ -421,7 +421,9 @@ impl RouteTable {
         let mut out = String::new();
         for (key, bind) in &self.binds {
             let gw = key.gateway.as_deref().unwrap_or("*");
-            let _ = writeln!(out, "port {} (gateway {gw})", key.port);
+            let tls =
+                if bind.is_tls() { format!(", TLS, {} certificate(s) by SNI", bind.tls.len()) } else { String::new() };
+            let _ = writeln!(out, "port {} (gateway {gw}{tls})", key.port);
             for l in &bind.listeners {
                 let proto = match l.protocol {
                     Protocol::Http => "HTTP",
