@@ -8,6 +8,9 @@
 mod backend;
 mod gateway;
 mod ingress;
+mod tls;
+
+pub use tls::parse_pem;
 
 use std::collections::BTreeMap;
 
@@ -15,6 +18,10 @@ use sluice_model::{BackendId, ServiceRef, TableInput};
 
 use crate::objects::Objects;
 use crate::report::Report;
+
+/// Service port `appProtocol` that makes Sluice speak HTTP/2 with prior
+/// knowledge (h2c) to the backend.
+pub const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 
 /// Translation settings (static config).
 #[derive(Clone, Debug)]
@@ -46,6 +53,8 @@ struct Services<'a> {
     ids: BTreeMap<ServiceRef, BackendId>,
     list: Vec<ServiceRef>,
     index: crate::endpoints::Index<'a>,
+    /// Service ports with `appProtocol: kubernetes.io/h2c`.
+    h2c: Vec<BackendId>,
 }
 
 // === impl Options ===
@@ -68,6 +77,14 @@ impl Services<'_> {
             return *id;
         }
         let id = BackendId(u32::try_from(self.list.len()).unwrap_or(u32::MAX));
+        let app_protocol = self
+            .index
+            .service(&svc.namespace, &svc.name)
+            .and_then(|s| crate::endpoints::service_port(s, svc.port))
+            .and_then(|p| p.app_protocol.as_deref());
+        if app_protocol == Some(H2C_APP_PROTOCOL) {
+            self.h2c.push(id);
+        }
         self.ids.insert(svc.clone(), id);
         self.list.push(svc);
         id
@@ -83,6 +100,7 @@ pub fn translate(objects: &Objects, options: &Options) -> Translation {
     ingress::translate(objects, options, &mut input, &mut services, &mut report);
     let rate_limits = crate::ratelimit::attach(objects, &mut input, &mut report);
     input.services = services.list;
+    input.h2c_backends = services.h2c;
     Translation { input, report, rate_limits }
 }
 

@@ -14,6 +14,7 @@ pub mod host;
 pub mod path;
 pub mod ratelimit;
 pub mod table;
+pub mod tls;
 
 pub use backend::{BackendGroup, BackendId, BackendTarget, EndpointSet, Endpoints, ServiceRef, WeightedBackend};
 pub use filter::{Filter, HeaderModifier, PathModifier, Redirect, Rewrite};
@@ -24,3 +25,4 @@ pub use table::{
     Bind, BindKey, Conditions, HeaderMatch, ListenerInput, MatchInput, NoRoute, Precedence, Protocol, QueryMatch,
     RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot, TableInput, ValueMatch,
 };
+pub use tls::{CertInput, Certificate, SniCerts};

@@ -194,6 +194,11 @@ pub struct TableInput {
     pub routes: Vec<RouteInput>,
     /// Services referenced by [`crate::BackendId`].
     pub services: Vec<ServiceRef>,
+    /// Certificates of HTTPS listeners, already parsed and checked.
+    pub certificates: Vec<crate::tls::CertInput>,
+    /// Backends spoken to over HTTP/2 with prior knowledge (Service port
+    /// `appProtocol: kubernetes.io/h2c`); the others get HTTP/1.1.
+    pub h2c_backends: Vec<crate::BackendId>,
 }
 
 /// The compiled, immutable routing table.
@@ -204,6 +209,8 @@ pub struct RouteTable {
     binds: BTreeMap<BindKey, Bind>,
     services: Arc<[ServiceRef]>,
     service_labels: Arc<[Arc<str>]>,
+    /// Per backend: HTTP/2 prior knowledge upstream.
+    h2c: Arc<[bool]>,
 }
 
 /// What the proxy reads per request: routes and endpoints, swapped together
@@ -223,6 +230,8 @@ pub struct Bind {
     pub key: BindKey,
     listeners: Vec<Listener>,
     exact: HashMap<String, usize>,
+    /// SNI → certificate, for the HTTPS listeners on this socket.
+    tls: crate::tls::SniCerts,
 }
 
 /// A compiled listener.
@@ -274,6 +283,9 @@ pub enum NoRoute {
     NoListener,
     /// The listener has no rule matching the request.
     NoMatch,
+    /// HTTPS: the Host belongs to another listener than the one the TLS
+    /// handshake's SNI selected (421 Misdirected Request).
+    Misdirected,
 }
 
 #[derive(Debug, Default)]
@@ -345,6 +357,12 @@ impl RouteTable {
             }
         }
         let mut binds: BTreeMap<BindKey, Vec<Listener>> = BTreeMap::new();
+        let mut certs: BTreeMap<BindKey, Vec<_>> = BTreeMap::new();
+        for c in &input.certificates {
+            if let Some(l) = input.listeners.get(c.listener).filter(|l| l.protocol == Protocol::Https) {
+                certs.entry(l.bind.clone()).or_default().push((c.host.clone(), l.order, c.cert.clone()));
+            }
+        }
         for (l, routes) in input.listeners.iter().zip(per_listener) {
             let listener = Listener {
                 name: l.name.clone(),
@@ -356,9 +374,21 @@ impl RouteTable {
             };
             binds.entry(l.bind.clone()).or_default().push(listener);
         }
-        let binds = binds.into_iter().map(|(key, ls)| (key.clone(), Bind::new(key, ls))).collect();
+        let binds = binds
+            .into_iter()
+            .map(|(key, ls)| {
+                let tls = crate::tls::SniCerts::build(certs.remove(&key).unwrap_or_default());
+                (key.clone(), Bind::new(key, ls, tls))
+            })
+            .collect();
         let service_labels = input.services.iter().map(|s| Arc::from(s.to_string())).collect();
-        Self { generation, binds, services: input.services.into(), service_labels }
+        let mut h2c = vec![false; input.services.len()];
+        for id in &input.h2c_backends {
+            if let Some(b) = h2c.get_mut(id.0 as usize) {
+                *b = true;
+            }
+        }
+        Self { generation, binds, services: input.services.into(), service_labels, h2c: h2c.into() }
     }
 
     /// The bind for a socket key.
@@ -376,6 +406,11 @@ impl RouteTable {
         &self.services
     }
 
+    /// Whether the backend speaks HTTP/2 with prior knowledge (h2c).
+    pub fn is_h2c(&self, id: crate::BackendId) -> bool {
+        self.h2c.get(id.0 as usize).copied().unwrap_or(false)
+    }
+
     /// `namespace/name:port` of a backend, for metric labels.
     pub fn service_label(&self, id: crate::BackendId) -> Option<&Arc<str>> {
         self.service_labels.get(id.0 as usize)
@@ -386,7 +421,9 @@ impl RouteTable {
         let mut out = String::new();
         for (key, bind) in &self.binds {
             let gw = key.gateway.as_deref().unwrap_or("*");
-            let _ = writeln!(out, "port {} (gateway {gw})", key.port);
+            let tls =
+                if bind.is_tls() { format!(", TLS, {} certificate(s) by SNI", bind.tls.len()) } else { String::new() };
+            let _ = writeln!(out, "port {} (gateway {gw}{tls})", key.port);
             for l in &bind.listeners {
                 let proto = match l.protocol {
                     Protocol::Http => "HTTP",
@@ -447,6 +484,8 @@ impl RouteTable {
                 json!({
                     "port": key.port,
                     "gateway": key.gateway.as_deref(),
+                    "tls": bind.is_tls(),
+                    "certificates": bind.tls.len(),
                     "listeners": bind.listeners.iter().map(|l| json!({
                         "name": &*l.name,
                         "hostname": l.hostname.to_string(),
@@ -471,7 +510,7 @@ impl RouteTable {
 // === impl Bind ===
 
 impl Bind {
-    fn new(key: BindKey, mut listeners: Vec<Listener>) -> Self {
+    fn new(key: BindKey, mut listeners: Vec<Listener>, tls: crate::tls::SniCerts) -> Self {
         listeners.sort_by(|a, b| b.hostname.specificity().cmp(&a.hostname.specificity()).then(a.order.cmp(&b.order)));
         let mut exact = HashMap::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -479,7 +518,18 @@ impl Bind {
                 exact.entry(h.clone()).or_insert(i);
             }
         }
-        Self { key, listeners, exact }
+        Self { key, listeners, exact, tls }
+    }
+
+    /// Whether connections to this socket start with a TLS handshake (it
+    /// has an HTTPS listener).
+    pub fn is_tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.protocol == Protocol::Https)
+    }
+
+    /// The certificates of this socket, by SNI.
+    pub fn certificates(&self) -> &crate::tls::SniCerts {
+        &self.tls
     }
 
     /// The listeners on this socket, most specific hostname first.
@@ -501,6 +551,21 @@ impl Bind {
     pub fn lookup<'a>(&'a self, req: &RequestParts<'_>) -> Result<RouteMatch<'a>, NoRoute> {
         let host = normalize_host(req.authority);
         let listener = self.select_listener(&host).ok_or(NoRoute::NoListener)?;
+        listener.lookup(&host, req).ok_or(NoRoute::NoMatch)
+    }
+
+    /// [`Bind::lookup`] for a request on a TLS connection whose handshake
+    /// sent `sni` (lowercase): when the Host selects another listener than
+    /// the SNI does, the request was misdirected (semantics §1.1; 421).
+    /// Without SNI there is nothing to compare and the Host alone routes.
+    pub fn lookup_tls<'a>(&'a self, req: &RequestParts<'_>, sni: Option<&str>) -> Result<RouteMatch<'a>, NoRoute> {
+        let host = normalize_host(req.authority);
+        let listener = self.select_listener(&host).ok_or(NoRoute::NoListener)?;
+        if let Some(by_sni) = sni.and_then(|s| self.select_listener(s))
+            && !std::ptr::eq(by_sni, listener)
+        {
+            return Err(NoRoute::Misdirected);
+        }
         listener.lookup(&host, req).ok_or(NoRoute::NoMatch)
     }
 }

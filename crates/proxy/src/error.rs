@@ -32,6 +32,11 @@ pub enum ProxyError {
     /// The listener has no rule matching the request (404).
     #[error("no route matched")]
     NoRoute,
+    /// HTTPS: the Host belongs to another listener than the one the TLS
+    /// handshake's SNI selected (421; the client retries on a new
+    /// connection).
+    #[error("misdirected request: host does not belong to the SNI's listener")]
+    Misdirected,
     /// The picked backendRef is invalid; Gateway API answers its share of
     /// traffic with 500.
     #[error("invalid backendRef in {} {}/{}", .route.kind, .route.namespace, .route.name)]
@@ -107,6 +112,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoListener | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::InvalidBackend { .. } | Self::NoBackends { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -119,7 +125,9 @@ impl ProxyError {
     /// Where the failure came from.
     pub fn fault(&self) -> Fault {
         match self {
-            Self::BadRequest(_) | Self::BodyTooLarge | Self::NoListener | Self::NoRoute => Fault::Downstream,
+            Self::BadRequest(_) | Self::BodyTooLarge | Self::NoListener | Self::NoRoute | Self::Misdirected => {
+                Fault::Downstream
+            }
             Self::InvalidBackend { .. } | Self::NoBackends { .. } => Fault::Config,
             Self::NoEndpoints { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::Timeout { .. } => {
                 Fault::Upstream
@@ -140,6 +148,7 @@ impl ProxyError {
             Self::BadRequest(_) => "bad request\n",
             Self::BodyTooLarge => "request body too large\n",
             Self::NoListener | Self::NoRoute => "no route\n",
+            Self::Misdirected => "misdirected request\n",
             Self::InvalidBackend { .. } => "invalid backend\n",
             Self::NoBackends { .. } => "no backends\n",
             Self::NoEndpoints { .. } => "no healthy upstream\n",
@@ -186,6 +195,7 @@ mod tests {
             (ProxyError::BodyTooLarge, 413),
             (ProxyError::NoListener, 404),
             (ProxyError::NoRoute, 404),
+            (ProxyError::Misdirected, 421),
             (ProxyError::InvalidBackend { route: route.clone() }, 500),
             (ProxyError::NoBackends { route }, 500),
             (ProxyError::NoEndpoints { service }, 503),

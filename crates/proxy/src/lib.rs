@@ -45,6 +45,7 @@ pub mod ratelimit;
 pub mod rng;
 mod route;
 mod server;
+mod tls;
 mod trace;
 mod upgrade;
 mod upstream;

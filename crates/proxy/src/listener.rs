@@ -15,12 +15,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use sluice_model::BindKey;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument as _, debug, debug_span, info, warn};
 
 use crate::server::{self, ConnCtx, Shared};
+use crate::tls::TlsSocket;
 
 /// Pause after an accept error that is not about one connection (e.g. out
 /// of file descriptors), so the loop does not spin.
@@ -172,18 +173,40 @@ async fn accept_loop(
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     let open = shared.metrics.downstream_connections.with_label_values(&[&key.port.to_string()]);
+    let tls = match TlsSocket::new(shared.snapshot.clone(), key.clone(), &shared.metrics) {
+        Ok(t) => Some(t),
+        Err(error) => {
+            warn!(%error, "TLS unavailable on this socket");
+            None
+        }
+    };
     loop {
         tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let ctx = Arc::new(ConnCtx::new(shared.clone(), key.clone(), peer));
+                    let mut ctx = ConnCtx::new(shared.clone(), key.clone(), peer);
                     let watcher = graceful.watcher();
                     let span = debug_span!("conn", client = %peer);
                     let gauge = GaugeGuard::new(open.clone());
+                    // Whether the socket speaks TLS follows the current table.
+                    let is_tls = shared.snapshot.load().routes.bind(&key).is_some_and(sluice_model::Bind::is_tls);
+                    let tls = if is_tls { tls.clone() } else { None };
                     conns.spawn(
                         async move {
-                            serve_connection(ctx, stream, watcher).await;
+                            if let Err(error) = stream.set_nodelay(true) {
+                                debug!(%error, "set_nodelay failed");
+                            }
+                            match tls {
+                                None if is_tls => {}
+                                None => serve_connection(Arc::new(ctx), TokioIo::new(stream), watcher).await,
+                                Some(tls) => {
+                                    if let Some(accepted) = tls.accept(stream).await {
+                                        ctx.sni = accepted.sni;
+                                        serve_connection(Arc::new(ctx), TokioIo::new(accepted.stream), watcher).await;
+                                    }
+                                }
+                            }
                             drop(gauge);
                         }
                         .instrument(span),
@@ -226,16 +249,16 @@ impl Drop for GaugeGuard {
     }
 }
 
-async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "set_nodelay failed");
-    }
+async fn serve_connection<I>(ctx: Arc<ConnCtx>, io: TokioIo<I>, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();
         async move { Ok::<_, Infallible>(server::serve(&ctx, req).await) }
     });
-    let conn = ctx.shared.server.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = ctx.shared.server.serve_connection_with_upgrades(io, svc);
     if let Err(error) = watcher.watch(conn).await {
         debug!(%error, "connection error");
     }

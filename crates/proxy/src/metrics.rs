@@ -45,6 +45,8 @@ pub struct Metrics {
     pub upstream_connections: IntGauge,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: prometheus::IntCounter,
+    /// TLS handshakes by `result` (see `tls.rs`).
+    pub tls_handshakes: IntCounterVec,
 }
 
 /// Label values of one finished request, all borrowed from the config.
@@ -114,6 +116,14 @@ impl Metrics {
         registry.register(Box::new(downstream_connections.clone()))?;
         registry.register(Box::new(upstream_connections.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "sluice_tls_handshakes_total",
+                "TLS handshakes on HTTPS listeners by result: ok, resumed, no_certificate, error, closed, timeout.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry: registry.clone(),
@@ -124,6 +134,7 @@ impl Metrics {
             downstream_connections,
             upstream_connections,
             access_log_dropped,
+            tls_handshakes,
         })
     }
 

@@ -23,12 +23,15 @@ pub(crate) fn authority<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> 
     }
 }
 
-/// Looks the request up in the table for socket `key`.
+/// Looks the request up in the table for socket `key`. `sni` is the
+/// server name of the connection's TLS handshake (`None` on plain HTTP or
+/// without SNI); on a TLS socket it enables the 421 misdirected check.
 pub(crate) fn lookup<'t, B>(
     table: &'t RouteTable,
     key: &BindKey,
     req: &Request<B>,
     authority: &HeaderValue,
+    sni: Option<&str>,
 ) -> Result<RouteMatch<'t>, ProxyError> {
     let bind = table.bind(key).ok_or(ProxyError::NoListener)?;
     let authority = authority.to_str().map_err(|_| ProxyError::BadRequest("non-ascii host"))?;
@@ -39,9 +42,11 @@ pub(crate) fn lookup<'t, B>(
         method: req.method(),
         headers: req.headers(),
     };
-    bind.lookup(&parts).map_err(|e| match e {
+    let found = if sni.is_some() { bind.lookup_tls(&parts, sni) } else { bind.lookup(&parts) };
+    found.map_err(|e| match e {
         NoRoute::NoListener => ProxyError::NoListener,
         NoRoute::NoMatch => ProxyError::NoRoute,
+        NoRoute::Misdirected => ProxyError::Misdirected,
     })
 }
 

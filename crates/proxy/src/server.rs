@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) client: HttpClient,
+    /// The same for h2c backends (HTTP/2 prior knowledge).
+    pub(crate) client_h2c: HttpClient,
     /// Connection builder (HTTP/1.1 + h2c), configured once.
     pub(crate) server: auto::Builder<TokioExecutor>,
     /// Flips to `true` when upgraded tunnels must close; its receiver count
@@ -53,6 +55,8 @@ pub(crate) struct ConnCtx {
     pub(crate) client_ip: HeaderValue,
     /// The client IP (rate limit keys and allow-lists).
     pub(crate) peer_ip: std::net::IpAddr,
+    /// TLS: the SNI of the handshake (lowercase).
+    pub(crate) sni: Option<Box<str>>,
 }
 
 /// What the synchronous routing phase decided.
@@ -78,9 +82,10 @@ impl Shared {
         let header_bytes = config.max_request_header_bytes.max(8 * 1024);
         server.http1().timer(TokioTimer::new()).max_buf_size(header_bytes);
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
-        let client = upstream::client(&config, &metrics);
+        let client = upstream::client(&config, &metrics, false);
+        let client_h2c = upstream::client(&config, &metrics, true);
         let (tunnels, _) = watch::channel(false);
-        Self { config, snapshot, client, server, tunnels, metrics, access_log, tracer }
+        Self { config, snapshot, client, client_h2c, server, tunnels, metrics, access_log, tracer }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`
@@ -106,7 +111,7 @@ impl ConnCtx {
     pub(crate) fn new(shared: Arc<Shared>, key: BindKey, peer: SocketAddr) -> Self {
         let ip = peer.ip().to_canonical();
         let client_ip = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { shared, key, client_ip, peer_ip: ip }
+        Self { shared, key, client_ip, peer_ip: ip, sni: None }
     }
 }
 
@@ -203,7 +208,7 @@ fn decide(
 ) -> Result<Decision, ProxyError> {
     let shared = &*conn.shared;
     let snapshot = shared.snapshot.load();
-    let m = route::lookup(&snapshot.routes, &conn.key, req, authority)?;
+    let m = route::lookup(&snapshot.routes, &conn.key, req, authority, conn.sni.as_deref())?;
     let rule = m.rule;
     outcome.rule = Some(rule.clone());
     let scheme = match m.listener.protocol {
@@ -237,5 +242,7 @@ fn decide(
         authority,
         timeout: upstream::timeout(rule, shared.config.request_timeout),
         upgrade: stripped.upgrade,
+        // An upgrade (WebSocket) needs HTTP/1.1 even to an h2c backend.
+        h2c: !stripped.upgrade && snapshot.routes.is_h2c(id),
     }))
 }

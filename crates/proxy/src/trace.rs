@@ -272,6 +272,7 @@ fn error_type(e: &ProxyError) -> &'static str {
         ProxyError::BodyTooLarge => "body_too_large",
         ProxyError::NoListener => "no_listener",
         ProxyError::NoRoute => "no_route",
+        ProxyError::Misdirected => "misdirected",
         ProxyError::InvalidBackend { .. } => "invalid_backend",
         ProxyError::NoBackends { .. } => "no_backends",
         ProxyError::NoEndpoints { .. } => "no_endpoints",

@@ -57,14 +57,18 @@ pub(crate) struct Plan {
     pub(crate) timeout: Option<Duration>,
     /// Whether the client asked for a protocol upgrade.
     pub(crate) upgrade: bool,
+    /// Speak HTTP/2 with prior knowledge to the endpoint.
+    pub(crate) h2c: bool,
 }
 
-/// Builds the upstream client from the static config.
-pub(crate) fn client(config: &ProxyConfig, metrics: &Metrics) -> HttpClient {
+/// Builds the upstream client from the static config: HTTP/1.1, or
+/// HTTP/2 with prior knowledge when `h2c`.
+pub(crate) fn client(config: &ProxyConfig, metrics: &Metrics, h2c: bool) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
+        .http2_only(h2c)
         .pool_idle_timeout(config.idle_upstream_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
@@ -200,11 +204,12 @@ pub(crate) async fn forward(
         headers::join_cookies(&mut parts.headers);
     }
     parts.uri = upstream_uri(plan.addr, plan.authority.clone(), &parts.uri)?;
-    parts.version = Version::HTTP_11;
+    parts.version = if plan.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
     parts.extensions = Extensions::new();
     let up = Request::from_parts(parts, RequestBody::new(body, shared.config.max_request_body_bytes));
 
-    let sent = shared.client.request(up);
+    let client = if plan.h2c { &shared.client_h2c } else { &shared.client };
+    let sent = client.request(up);
     let result = match plan.timeout {
         Some(t) => {
             tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::Timeout { addr: plan.addr, timeout: t })?

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gateway_api::gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From_};
+use gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From_, GatewayListenersTlsMode as TlsMode,
+};
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
@@ -16,12 +18,13 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 use sluice_model::duration::parse_go_duration;
 use sluice_model::{
-    BackendGroup, BackendTarget, BindKey, Conditions, Filter, HeaderMatch, HeaderModifier, HostPattern, ListenerInput,
-    MatchInput, PathMatch, PathModifier, Precedence, Protocol, QueryMatch, Redirect, Rewrite, RouteInput, RouteRef,
-    Rule, RuleInput, TableInput, ValueMatch, WeightedBackend,
+    BackendGroup, BackendTarget, BindKey, CertInput, Conditions, Filter, HeaderMatch, HeaderModifier, HostPattern,
+    ListenerInput, MatchInput, PathMatch, PathModifier, Precedence, Protocol, QueryMatch, Redirect, Rewrite,
+    RouteInput, RouteRef, Rule, RuleInput, TableInput, ValueMatch, WeightedBackend,
 };
 
 use super::backend::{self, Ref, Unresolved};
+use super::tls;
 use super::{Options, Services};
 use crate::objects::{Objects, created, generation, name, namespace};
 use crate::report::{Condition, ObjectStatus, Report, Scope, Severity};
@@ -84,7 +87,7 @@ pub(super) fn translate(
 
     let mut listeners: Vec<ListenerState<'_>> = Vec::new();
     for gw in &gateways {
-        listeners.extend(gateway_listeners(gw, options, input, report));
+        listeners.extend(gateway_listeners(gw, options, objects, input, report));
     }
 
     let mut routes: Vec<&HttpRoute> = objects.http_routes.iter().collect();
@@ -143,6 +146,7 @@ fn order_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
 fn gateway_listeners<'a>(
     gw: &'a Gateway,
     options: &Options,
+    objects: &Objects,
     input: &mut TableInput,
     report: &mut Report,
 ) -> Vec<ListenerState<'a>> {
@@ -162,15 +166,34 @@ fn gateway_listeners<'a>(
         let hostname_conflict =
             hostnames.get(&(l.port, l.hostname.clone().unwrap_or_default())).is_some_and(|&n| n > 1);
         let port = u16::try_from(l.port).ok().filter(|&p| p > 0);
+        let https = l.protocol == "HTTPS";
+        let passthrough =
+            l.tls.as_ref().and_then(|t| t.mode.as_ref()).is_some_and(|m| !matches!(m, TlsMode::Terminate));
+        let (certs, cert_problems, cert_warnings) = if https && !passthrough {
+            tls::listener_certificates(l, gw_ns, objects)
+        } else {
+            (vec![], vec![], vec![])
+        };
+        for w in cert_warnings {
+            report.push(
+                Severity::Warning,
+                format!("Gateway {gw_ns}/{gw_name}"),
+                format!("spec.listeners[{li}].tls.certificateRefs"),
+                format!("listener {}: {w}", l.name),
+            );
+        }
         let (accepted, reason, msg): (bool, &'static str, String) = match (l.protocol.as_str(), port) {
             (_, None) => (false, "UnsupportedValue", format!("port {} is out of range", l.port)),
-            ("HTTP", _) if protocol_conflict => {
+            ("HTTP" | "HTTPS", _) if protocol_conflict => {
                 (false, "ProtocolConflict", "protocol conflicts with another listener on the port".into())
             }
-            ("HTTP", _) if hostname_conflict => {
+            ("HTTP" | "HTTPS", _) if hostname_conflict => {
                 (false, "HostnameConflict", "hostname conflicts with another listener on the port".into())
             }
-            ("HTTP", _) => (true, "Accepted", "listener accepted".into()),
+            ("HTTPS", _) if passthrough => {
+                (false, "UnsupportedValue", "tls.mode Passthrough needs TLSRoute, which Sluice does not support".into())
+            }
+            ("HTTP" | "HTTPS", _) => (true, "Accepted", "listener accepted".into()),
             (p, _) => (false, "UnsupportedProtocol", format!("protocol {p} is not supported yet")),
         };
         conditions.push(Condition::new("Accepted", accepted, reason, msg, g));
@@ -183,7 +206,18 @@ fn gateway_listeners<'a>(
             Some(r) => Condition::new("Conflicted", true, r, "listener conflicts with another listener", g),
             None => Condition::new("Conflicted", false, "NoConflicts", "no conflicts", g),
         });
-        conditions.push(if bad_kinds.is_empty() {
+        conditions.push(if let (true, Some(first)) = (bad_kinds.is_empty(), cert_problems.first()) {
+            let msg = cert_problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
+            for p in &cert_problems {
+                report.push(
+                    Severity::Warning,
+                    format!("Gateway {gw_ns}/{gw_name}"),
+                    format!("spec.listeners[{li}].tls.certificateRefs"),
+                    format!("listener {}: {}: {}", l.name, p.reason, p.message),
+                );
+            }
+            Condition::new("ResolvedRefs", false, first.reason, msg, g)
+        } else if bad_kinds.is_empty() {
             Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", g)
         } else {
             Condition::new(
@@ -194,15 +228,22 @@ fn gateway_listeners<'a>(
                 g,
             )
         });
+        // An HTTPS listener without a usable certificate is accepted but
+        // not programmed: it serves nothing, the other listeners carry on.
+        let programmed = accepted && (!https || !certs.is_empty());
         conditions.push(Condition::new(
             "Programmed",
-            accepted,
-            if accepted { "Programmed" } else { "Invalid" },
-            if accepted { "listener programmed" } else { "listener not accepted" },
+            programmed,
+            if programmed { "Programmed" } else { "Invalid" },
+            match (programmed, accepted) {
+                (true, _) => "listener programmed",
+                (false, true) => "no valid certificate",
+                (false, false) => "listener not accepted",
+            },
             g,
         ));
         let hostname = HostPattern::gateway(l.hostname.as_deref());
-        let index = match (accepted, port) {
+        let index = match (programmed, port) {
             (true, Some(port)) => {
                 input.listeners.push(ListenerInput {
                     bind: BindKey {
@@ -212,18 +253,26 @@ fn gateway_listeners<'a>(
                     name: format!("{gw_ns}/{gw_name}/{}", l.name).into(),
                     hostname: hostname.clone(),
                     port,
-                    protocol: Protocol::Http,
+                    protocol: if https { Protocol::Https } else { Protocol::Http },
                     precedence: Precedence::GatewayApi,
                     order: u32::try_from(input.listeners.len()).unwrap_or(u32::MAX),
                 });
-                Some(input.listeners.len() - 1)
+                let index = input.listeners.len() - 1;
+                for cert in certs {
+                    input.certificates.push(CertInput { listener: index, host: hostname.clone(), cert });
+                }
+                Some(index)
             }
             _ => {
                 report.push(
                     Severity::Warning,
                     format!("Gateway {gw_ns}/{gw_name}"),
                     format!("spec.listeners[{li}]"),
-                    format!("listener {} not accepted: {reason}", l.name),
+                    if accepted {
+                        format!("listener {} not programmed: no valid certificate", l.name)
+                    } else {
+                        format!("listener {} not accepted: {reason}", l.name)
+                    },
                 );
                 None
             }

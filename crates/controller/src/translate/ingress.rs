@@ -26,6 +26,8 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 /// Port Ingress HTTP traffic is served on.
 pub const HTTP_PORT: u16 = 80;
+/// Port Ingress HTTPS traffic is served on (when an Ingress has `spec.tls`).
+pub const HTTPS_PORT: u16 = 443;
 
 pub(super) fn translate(
     objects: &Objects,
@@ -75,14 +77,137 @@ pub(super) fn translate(
         // Gateway listeners with an equal hostname on a shared port win.
         order: u32::MAX,
     });
-    for ing in ingresses {
-        translate_one(ing, listener, input, services, report);
+    // `spec.tls`: one HTTPS listener on 443 serving every Ingress rule
+    // (as ingress-nginx does), with the certificates chosen by SNI.
+    let certs = tls_certificates(&ingresses, objects, report);
+    let mut listeners = vec![listener];
+    if !certs.is_empty() {
+        let https = input.listeners.len();
+        input.listeners.push(ListenerInput {
+            bind: BindKey { gateway: None, port: HTTPS_PORT },
+            name: "ingress/https".into(),
+            hostname: HostPattern::Any,
+            port: HTTPS_PORT,
+            protocol: Protocol::Https,
+            precedence: Precedence::Ingress,
+            order: u32::MAX,
+        });
+        for (_, host, cert) in &certs {
+            input.certificates.push(sluice_model::CertInput {
+                listener: https,
+                host: host.clone(),
+                cert: cert.clone(),
+            });
+        }
+        listeners.push(https);
     }
+    for (i, ing) in ingresses.iter().enumerate() {
+        let tls_hosts: Vec<&HostPattern> = certs.iter().filter(|c| c.0 == i).map(|c| &c.1).collect();
+        let redirect = ssl_redirect(ing, &tls_hosts);
+        translate_one(ing, &listeners, &redirect, input, services, report);
+    }
+}
+
+/// ingress-nginx's annotation: on by default for the hosts of an Ingress's
+/// `spec.tls` (here: those with a usable certificate); `"false"` turns it off.
+pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+/// ingress-nginx's annotation: redirect every rule of the Ingress to HTTPS,
+/// with or without `spec.tls` (TLS terminated in front of Sluice, or by
+/// another Ingress for the same host).
+pub const FORCE_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/force-ssl-redirect";
+
+/// Which rules of an Ingress answer plain HTTP with a 308 to HTTPS.
+enum SslRedirect {
+    None,
+    Hosts(Vec<HostPattern>),
+    All,
+}
+
+fn ssl_redirect(ing: &Ingress, tls_hosts: &[&HostPattern]) -> SslRedirect {
+    let annotation = |k: &str| ing.metadata.annotations.as_ref().and_then(|a| a.get(k)).map(|v| v.trim());
+    if annotation(FORCE_SSL_REDIRECT_ANNOTATION) == Some("true") {
+        return SslRedirect::All;
+    }
+    if annotation(SSL_REDIRECT_ANNOTATION) == Some("false") || tls_hosts.is_empty() {
+        return SslRedirect::None;
+    }
+    if tls_hosts.iter().any(|h| **h == HostPattern::Any) {
+        return SslRedirect::All;
+    }
+    SslRedirect::Hosts(tls_hosts.iter().map(|h| (*h).clone()).collect())
+}
+
+fn redirect_rule(route: &Arc<RouteRef>, index: usize) -> Arc<Rule> {
+    Arc::new(Rule {
+        route: route.clone(),
+        index,
+        filters: Arc::new([sluice_model::Filter::Redirect(sluice_model::Redirect {
+            scheme: Some("https".into()),
+            hostname: None,
+            port: None,
+            path: None,
+            status: http::StatusCode::PERMANENT_REDIRECT,
+        })]),
+        backends: BackendGroup::new(Vec::new()),
+        request_timeout: None,
+        backend_timeout: None,
+    })
+}
+
+/// The certificates of every `spec.tls` entry, by host (an entry without
+/// hosts is the catch-all). Bad Secrets are reported and skipped.
+fn tls_certificates(
+    ingresses: &[&Ingress],
+    objects: &Objects,
+    report: &mut Report,
+) -> Vec<(usize, HostPattern, sluice_model::Certificate)> {
+    let mut out = Vec::new();
+    for (i, ing) in ingresses.iter().enumerate() {
+        let (ns, iname) = (namespace(&ing.metadata), name(&ing.metadata));
+        for (ti, t) in ing.spec.as_ref().and_then(|s| s.tls.as_ref()).into_iter().flatten().enumerate() {
+            let Some(secret) = t.secret_name.as_deref().filter(|s| !s.is_empty()) else {
+                report.push(
+                    Severity::Warning,
+                    format!("Ingress {ns}/{iname}"),
+                    format!("spec.tls[{ti}].secretName"),
+                    "no secretName: SNI routing without a certificate is not supported; entry ignored",
+                );
+                continue;
+            };
+            match super::tls::secret_certificate(objects, ns, secret) {
+                Ok(cert) => {
+                    let hosts: Vec<HostPattern> =
+                        t.hosts.iter().flatten().map(|h| HostPattern::ingress(Some(h))).collect();
+                    for h in hosts.iter().filter(|h| !super::tls::covers(&cert, h)) {
+                        report.push(
+                            Severity::Warning,
+                            format!("Ingress {ns}/{iname}"),
+                            format!("spec.tls[{ti}].hosts"),
+                            super::tls::uncovered(ns, secret, h),
+                        );
+                    }
+                    if hosts.is_empty() {
+                        out.push((i, HostPattern::Any, cert));
+                    } else {
+                        out.extend(hosts.into_iter().map(|h| (i, h, cert.clone())));
+                    }
+                }
+                Err(e) => report.push(
+                    Severity::Warning,
+                    format!("Ingress {ns}/{iname}"),
+                    format!("spec.tls[{ti}].secretName"),
+                    format!("{e}; these hosts get no certificate"),
+                ),
+            }
+        }
+    }
+    out
 }
 
 fn translate_one(
     ing: &Ingress,
-    listener: usize,
+    listeners: &[usize],
+    redirect: &SslRedirect,
     input: &mut TableInput,
     services: &mut Services<'_>,
     report: &mut Report,
@@ -128,28 +253,47 @@ fn translate_one(
             });
             rule_index += 1;
         }
-        input.routes.push(RouteInput {
-            listener,
-            route: route.clone(),
-            created: created(&ing.metadata),
-            hostnames: vec![host],
-            rules,
-            fallback: false,
-        });
+        let redirected = match redirect {
+            SslRedirect::None => false,
+            SslRedirect::All => true,
+            SslRedirect::Hosts(hosts) => hosts.contains(&host),
+        };
+        for (li, &listener) in listeners.iter().enumerate() {
+            // The first listener is plain HTTP (port 80).
+            let rules = if li == 0 && redirected {
+                rules
+                    .iter()
+                    .map(|r| RuleInput { rule: redirect_rule(&route, r.rule.index), matches: r.matches.clone() })
+                    .collect()
+            } else {
+                rules.clone()
+            };
+            input.routes.push(RouteInput {
+                listener,
+                route: route.clone(),
+                created: created(&ing.metadata),
+                hostnames: vec![host.clone()],
+                rules,
+                fallback: false,
+            });
+        }
     }
     if let Some(b) = &spec.default_backend {
         let backend = resolve(b, ns, services, report, &object, "spec.defaultBackend");
-        input.routes.push(RouteInput {
-            listener,
-            route: route.clone(),
-            created: created(&ing.metadata),
-            hostnames: vec![HostPattern::Any],
-            rules: vec![RuleInput {
-                rule: rule_for(&route, rule_index, backend),
-                matches: vec![MatchInput { path: PathMatch::prefix("/"), conditions: Conditions::default() }],
-            }],
-            fallback: true,
-        });
+        let rule = rule_for(&route, rule_index, backend);
+        for &listener in listeners {
+            input.routes.push(RouteInput {
+                listener,
+                route: route.clone(),
+                created: created(&ing.metadata),
+                hostnames: vec![HostPattern::Any],
+                rules: vec![RuleInput {
+                    rule: rule.clone(),
+                    matches: vec![MatchInput { path: PathMatch::prefix("/"), conditions: Conditions::default() }],
+                }],
+                fallback: true,
+            });
+        }
     }
 }
 

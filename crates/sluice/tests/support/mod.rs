@@ -11,6 +11,7 @@
 
 pub mod cases;
 pub mod golit;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -960,6 +961,8 @@ pub struct ConformanceEnv {
     pub docs: Vec<Value>,
     /// The config file.
     pub config_file: PathBuf,
+    /// The CA that signed the generated TLS Secrets (`--cacert`).
+    pub ca: tls::TestCa,
     pub dir: TempDir,
 }
 
@@ -1022,15 +1025,40 @@ impl ConformanceEnv {
             d["endpoints"] = json!([{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]);
         }
         docs.extend(generated);
+        // The TLS Secrets the Go suite generates (suite.go), signed by a
+        // test CA: a name per host the HTTPS tests use, since clients do not
+        // accept `*` or `*.org` as certificate names.
+        let ca = tls::TestCa::new(dir.path(), "conformance-ca");
+        let hosts = [
+            "example.org",
+            "second-example.org",
+            "unknown-example.org",
+            "*.wildcard.org",
+            "*.org",
+            "abc.example.com",
+            "other.example.com",
+        ];
+        let leaf = ca.leaf("tls-validity-checks-certificate", &hosts);
+        docs.push(tls::tls_secret(INFRA_NS, "tls-validity-checks-certificate", &leaf));
+        let web = ca.leaf("certificate", &hosts);
+        docs.push(tls::tls_secret("gateway-conformance-web-backend", "certificate", &web));
 
         let config_file = config_dir.join("manifests.yaml");
         std::fs::write(&config_file, to_yaml_docs(&docs)).expect("writing config");
         let sluice = Sluice::start(
             &config_dir,
             &log_dir,
-            &["--isolate-gateways", "--bind", "80=127.0.0.1:0", "--bind", "8080=127.0.0.1:0"],
+            &[
+                "--isolate-gateways",
+                "--bind",
+                "80=127.0.0.1:0",
+                "--bind",
+                "8080=127.0.0.1:0",
+                "--bind",
+                "443=127.0.0.1:0",
+            ],
         );
-        Self { sluice, echoes, docs, config_file, dir }
+        Self { sluice, echoes, docs, config_file, ca, dir }
     }
 
     /// Address serving Gateway `namespace/name` listener port `port`.
