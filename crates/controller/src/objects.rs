@@ -1,10 +1,11 @@
 //! The Kubernetes objects Sluice reads, parsed from multi-document YAML.
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -37,6 +38,10 @@ pub struct Objects {
     pub namespaces: Vec<Namespace>,
     /// RateLimitPolicies (policy.sluice.dev).
     pub rate_limit_policies: Vec<crate::ratelimit::RateLimitPolicy>,
+    /// BackendTLSPolicies.
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// ConfigMaps (CA bundles of BackendTLSPolicies).
+    pub config_maps: Vec<ConfigMap>,
 }
 
 // === impl Objects ===
@@ -90,6 +95,8 @@ impl Objects {
             (GW, "Gateway") => push(&mut self.gateways, doc, &name, report),
             (GW, "HTTPRoute") => push(&mut self.http_routes, doc, &name, report),
             (GW, "ReferenceGrant") => push(&mut self.reference_grants, doc, &name, report),
+            (GW, "BackendTLSPolicy") => push(&mut self.backend_tls_policies, doc, &name, report),
+            ("", "ConfigMap") => push(&mut self.config_maps, doc, &name, report),
             ("networking.k8s.io", "Ingress") => push(&mut self.ingresses, doc, &name, report),
             ("networking.k8s.io", "IngressClass") => push(&mut self.ingress_classes, doc, &name, report),
             ("", "Service") => push(&mut self.services, doc, &name, report),
@@ -123,6 +130,8 @@ impl Objects {
             + self.secrets.len()
             + self.namespaces.len()
             + self.rate_limit_policies.len()
+            + self.backend_tls_policies.len()
+            + self.config_maps.len()
     }
 
     /// Whether no object is held.
@@ -180,6 +189,8 @@ impl Objects {
         self.secrets.extend_from_slice(&other.secrets);
         self.namespaces.extend_from_slice(&other.namespaces);
         self.rate_limit_policies.extend_from_slice(&other.rate_limit_policies);
+        self.backend_tls_policies.extend_from_slice(&other.backend_tls_policies);
+        self.config_maps.extend_from_slice(&other.config_maps);
     }
 
     /// Whether `self` and `other` differ only in EndpointSlices, so that only
@@ -195,6 +206,8 @@ impl Objects {
             && self.secrets == other.secrets
             && self.namespaces == other.namespaces
             && self.rate_limit_policies == other.rate_limit_policies
+            && self.backend_tls_policies == other.backend_tls_policies
+            && self.config_maps == other.config_maps
     }
 }
 

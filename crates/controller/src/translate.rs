@@ -6,6 +6,7 @@
 //! `translate/backend.rs`.
 
 mod backend;
+mod backendtls;
 mod gateway;
 mod ingress;
 mod tls;
@@ -14,7 +15,7 @@ pub use tls::parse_pem;
 
 use std::collections::BTreeMap;
 
-use sluice_model::{BackendId, ServiceRef, TableInput};
+use sluice_model::{BackendId, ServiceRef, TableInput, UpstreamTlsInput};
 
 use crate::objects::Objects;
 use crate::report::Report;
@@ -55,6 +56,10 @@ struct Services<'a> {
     index: crate::endpoints::Index<'a>,
     /// Service ports with `appProtocol: kubernetes.io/h2c`.
     h2c: Vec<BackendId>,
+    /// BackendTLSPolicies by target.
+    tls: backendtls::Policies,
+    /// Service ports spoken to over TLS.
+    upstream_tls: Vec<UpstreamTlsInput>,
 }
 
 // === impl Options ===
@@ -77,13 +82,14 @@ impl Services<'_> {
             return *id;
         }
         let id = BackendId(u32::try_from(self.list.len()).unwrap_or(u32::MAX));
-        let app_protocol = self
-            .index
-            .service(&svc.namespace, &svc.name)
-            .and_then(|s| crate::endpoints::service_port(s, svc.port))
-            .and_then(|p| p.app_protocol.as_deref());
+        let service = self.index.service(&svc.namespace, &svc.name);
+        let app_protocol =
+            service.and_then(|s| crate::endpoints::service_port(s, svc.port)).and_then(|p| p.app_protocol.as_deref());
         if app_protocol == Some(H2C_APP_PROTOCOL) {
             self.h2c.push(id);
+        }
+        if let Some(backendtls::Resolved::Valid(tls)) = self.tls.lookup(&svc.namespace, &svc.name, service, svc.port) {
+            self.upstream_tls.push(UpstreamTlsInput { backend: id, tls: tls.clone() });
         }
         self.ids.insert(svc.clone(), id);
         self.list.push(svc);
@@ -95,12 +101,14 @@ impl Services<'_> {
 pub fn translate(objects: &Objects, options: &Options) -> Translation {
     let mut report = Report::default();
     let mut input = TableInput::default();
-    let mut services = Services { index: crate::endpoints::Index::new(objects), ..Services::default() };
+    let tls = backendtls::Policies::build(objects, &mut report);
+    let mut services = Services { index: crate::endpoints::Index::new(objects), tls, ..Services::default() };
     gateway::translate(objects, options, &mut input, &mut services, &mut report);
     ingress::translate(objects, options, &mut input, &mut services, &mut report);
     let rate_limits = crate::ratelimit::attach(objects, &mut input, &mut report);
     input.services = services.list;
     input.h2c_backends = services.h2c;
+    input.upstream_tls = services.upstream_tls;
     Translation { input, report, rate_limits }
 }
 

@@ -25,4 +25,4 @@ pub use table::{
     Bind, BindKey, Conditions, HeaderMatch, ListenerInput, MatchInput, NoRoute, Precedence, Protocol, QueryMatch,
     RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot, TableInput, ValueMatch,
 };
-pub use tls::{CertInput, Certificate, SniCerts};
+pub use tls::{CertInput, Certificate, SniCerts, UpstreamTls, UpstreamTlsInput};

@@ -199,6 +199,8 @@ pub struct TableInput {
     /// Backends spoken to over HTTP/2 with prior knowledge (Service port
     /// `appProtocol: kubernetes.io/h2c`); the others get HTTP/1.1.
     pub h2c_backends: Vec<crate::BackendId>,
+    /// Backends spoken to over TLS (BackendTLSPolicy).
+    pub upstream_tls: Vec<crate::tls::UpstreamTlsInput>,
 }
 
 /// The compiled, immutable routing table.
@@ -211,6 +213,8 @@ pub struct RouteTable {
     service_labels: Arc<[Arc<str>]>,
     /// Per backend: HTTP/2 prior knowledge upstream.
     h2c: Arc<[bool]>,
+    /// Per backend: TLS settings (BackendTLSPolicy).
+    upstream_tls: Arc<[Option<Arc<crate::tls::UpstreamTls>>]>,
 }
 
 /// What the proxy reads per request: routes and endpoints, swapped together
@@ -388,7 +392,20 @@ impl RouteTable {
                 *b = true;
             }
         }
-        Self { generation, binds, services: input.services.into(), service_labels, h2c: h2c.into() }
+        let mut upstream_tls = vec![None; input.services.len()];
+        for t in input.upstream_tls {
+            if let Some(slot) = upstream_tls.get_mut(t.backend.0 as usize) {
+                *slot = Some(t.tls);
+            }
+        }
+        Self {
+            generation,
+            binds,
+            services: input.services.into(),
+            service_labels,
+            h2c: h2c.into(),
+            upstream_tls: upstream_tls.into(),
+        }
     }
 
     /// The bind for a socket key.
@@ -409,6 +426,11 @@ impl RouteTable {
     /// Whether the backend speaks HTTP/2 with prior knowledge (h2c).
     pub fn is_h2c(&self, id: crate::BackendId) -> bool {
         self.h2c.get(id.0 as usize).copied().unwrap_or(false)
+    }
+
+    /// TLS settings of a backend with a BackendTLSPolicy.
+    pub fn upstream_tls(&self, id: crate::BackendId) -> Option<&Arc<crate::tls::UpstreamTls>> {
+        self.upstream_tls.get(id.0 as usize).and_then(Option::as_ref)
     }
 
     /// `namespace/name:port` of a backend, for metric labels.

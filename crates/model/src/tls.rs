@@ -93,6 +93,33 @@ impl SniCerts {
     }
 }
 
+/// TLS to a backend (a Service port with a valid BackendTLSPolicy), built
+/// by the controller when the config is compiled: the proxy dials with this
+/// client config and SNI and never parses anything per connection.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// Client config: trust anchors from the policy's CA ConfigMaps, the
+    /// certificate verifier (hostname or `subjectAltNames`), ALPN http/1.1.
+    pub config: Arc<rustls::ClientConfig>,
+    /// SNI (the policy's `validation.hostname`).
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Connection pool key: `b{backend}-{fingerprint}` where the fingerprint
+    /// covers the CA bundle, hostname and SANs, so that a rotated CA opens
+    /// new connections while unchanged policies keep their pooled ones.
+    pub pool_key: Arc<str>,
+    /// Fingerprint of the policy content (see `pool_key`).
+    pub fingerprint: u64,
+}
+
+/// How a backend is spoken to, as far as TLS goes.
+#[derive(Clone, Debug)]
+pub struct UpstreamTlsInput {
+    /// The backend.
+    pub backend: crate::BackendId,
+    /// Its TLS settings.
+    pub tls: Arc<UpstreamTls>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,7 @@ mod tls;
 mod trace;
 mod upgrade;
 mod upstream;
+mod upstream_tls;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) client: HttpClient,
     /// The same for h2c backends (HTTP/2 prior knowledge).
     pub(crate) client_h2c: HttpClient,
+    /// The same for TLS backends (BackendTLSPolicy).
+    pub(crate) client_tls: crate::upstream_tls::TlsClient,
     /// Connection builder (HTTP/1.1 + h2c), configured once.
     pub(crate) server: auto::Builder<TokioExecutor>,
     /// Flips to `true` when upgraded tunnels must close; its receiver count
@@ -84,8 +86,9 @@ impl Shared {
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         let client = upstream::client(&config, &metrics, false);
         let client_h2c = upstream::client(&config, &metrics, true);
+        let client_tls = crate::upstream_tls::client(&config, &metrics, snapshot.clone());
         let (tunnels, _) = watch::channel(false);
-        Self { config, snapshot, client, client_h2c, server, tunnels, metrics, access_log, tracer }
+        Self { config, snapshot, client, client_h2c, client_tls, server, tunnels, metrics, access_log, tracer }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`
@@ -244,5 +247,6 @@ fn decide(
         upgrade: stripped.upgrade,
         // An upgrade (WebSocket) needs HTTP/1.1 even to an h2c backend.
         h2c: !stripped.upgrade && snapshot.routes.is_h2c(id),
+        tls: snapshot.routes.upstream_tls(id).map(|t| (id, t.clone())),
     }))
 }

@@ -59,6 +59,8 @@ pub(crate) struct Plan {
     pub(crate) upgrade: bool,
     /// Speak HTTP/2 with prior knowledge to the endpoint.
     pub(crate) h2c: bool,
+    /// Speak TLS to the endpoint (BackendTLSPolicy).
+    pub(crate) tls: Option<(BackendId, Arc<sluice_model::UpstreamTls>)>,
 }
 
 /// Builds the upstream client from the static config: HTTP/1.1, or
@@ -102,6 +104,13 @@ impl tower::Service<Uri> for CountingConnector {
 }
 
 // === impl Counted ===
+
+impl<T> Counted<T> {
+    /// Wraps a connection the caller has already counted in `open`.
+    pub(crate) fn new(io: T, open: IntGauge) -> Self {
+        Self { io, open }
+    }
+}
 
 impl<T> Drop for Counted<T> {
     fn drop(&mut self) {
@@ -203,13 +212,25 @@ pub(crate) async fn forward(
     if parts.version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
     }
-    parts.uri = upstream_uri(plan.addr, plan.authority.clone(), &parts.uri)?;
-    parts.version = if plan.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+    let h2c = plan.h2c && plan.tls.is_none();
+    parts.uri = match &plan.tls {
+        Some((id, tls)) => upstream_uri(
+            crate::upstream_tls::SCHEME,
+            plan.addr,
+            Some(crate::upstream_tls::authority(*id, tls, plan.addr)?),
+            &parts.uri,
+        )?,
+        None => upstream_uri(Scheme::HTTP, plan.addr, plan.authority.clone(), &parts.uri)?,
+    };
+    parts.version = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
     parts.extensions = Extensions::new();
     let up = Request::from_parts(parts, RequestBody::new(body, shared.config.max_request_body_bytes));
 
-    let client = if plan.h2c { &shared.client_h2c } else { &shared.client };
-    let sent = client.request(up);
+    let sent = match (&plan.tls, h2c) {
+        (Some(_), _) => shared.client_tls.request(up),
+        (None, true) => shared.client_h2c.request(up),
+        (None, false) => shared.client.request(up),
+    };
     let result = match plan.timeout {
         Some(t) => {
             tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::Timeout { addr: plan.addr, timeout: t })?
@@ -233,14 +254,19 @@ pub(crate) async fn forward(
 
 /// `http://ADDR/path?query`: the connector dials the endpoint and the
 /// client writes origin-form (`/path?query`) on the wire.
-fn upstream_uri(addr: SocketAddr, authority: Option<Authority>, original: &Uri) -> Result<Uri, ProxyError> {
+fn upstream_uri(
+    scheme: Scheme,
+    addr: SocketAddr,
+    authority: Option<Authority>,
+    original: &Uri,
+) -> Result<Uri, ProxyError> {
     let authority = match authority {
         Some(a) => a,
         None => Authority::from_maybe_shared(Bytes::from(addr.to_string()))
             .map_err(|_| ProxyError::Internal("endpoint address is not a valid authority"))?,
     };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     parts.path_and_query = Some(original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).map_err(|_| ProxyError::Internal("upstream URI is invalid"))
@@ -293,8 +319,11 @@ mod tests {
     #[test]
     fn upstream_uri_targets_the_endpoint_and_keeps_path_and_query() -> Result<(), Box<dyn std::error::Error>> {
         let addr: SocketAddr = "[::1]:8080".parse()?;
-        let uri = upstream_uri(addr, None, &"http://a.example/x/y?q=1".parse()?)?;
-        assert_eq!(upstream_uri(addr, Some("[::1]:8080".parse()?), &"/x".parse()?)?, "http://[::1]:8080/x");
+        let uri = upstream_uri(Scheme::HTTP, addr, None, &"http://a.example/x/y?q=1".parse()?)?;
+        assert_eq!(
+            upstream_uri(Scheme::HTTP, addr, Some("[::1]:8080".parse()?), &"/x".parse()?)?,
+            "http://[::1]:8080/x"
+        );
         assert_eq!(uri, "http://[::1]:8080/x/y?q=1");
         Ok(())
     }

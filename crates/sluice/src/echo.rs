@@ -84,6 +84,23 @@ pub struct EchoArgs {
     /// `X-Pod: <pod>` header (the request body is still drained); no echo JSON is built.
     #[arg(long)]
     pub static_body: bool,
+
+    /// Serve TLS (only) with this PEM certificate chain (needs `--tls-key`); ALPN h2 and http/1.1.
+    /// The echo JSON then carries a `tls` object with the SNI and ALPN the client sent.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// What the TLS handshake of the connection said (a request extension).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EchoTls {
+    server_name: Option<String>,
+    negotiated_protocol: Option<String>,
 }
 
 /// Identity and settings shared by every connection.
@@ -134,6 +151,10 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
         out.flush().context("flushing stdout")?;
     }
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let state = Arc::new(EchoState::new(args, local.port()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().title_case_headers(true);
@@ -151,15 +172,23 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
                     let state = Arc::clone(&state);
                     let builder = Arc::clone(&builder);
                     let watcher = graceful.watcher();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let state = Arc::clone(&state);
-                            async move { Ok::<_, Infallible>(handle(req, state, remote).await) }
-                        });
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(err) = watcher.watch(conn).await {
-                            tracing::debug!(%remote, error = %err, "echo connection error");
+                        match tls {
+                            None => serve(stream, None, state, builder, watcher, remote).await,
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(stream) => {
+                                    let (_, conn) = stream.get_ref();
+                                    let info = EchoTls {
+                                        server_name: conn.server_name().map(str::to_owned),
+                                        negotiated_protocol: conn
+                                            .alpn_protocol()
+                                            .map(|p| String::from_utf8_lossy(p).into_owned()),
+                                    };
+                                    serve(stream, Some(info), state, builder, watcher, remote).await;
+                                }
+                                Err(err) => tracing::debug!(%remote, error = %err, "echo TLS handshake failed"),
+                            },
                         }
                     });
                 }
@@ -177,6 +206,49 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
     }
     Ok(())
+}
+
+/// Serves one connection (plain or TLS).
+async fn serve<S>(
+    stream: S,
+    tls: Option<EchoTls>,
+    state: Arc<EchoState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    remote: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        if let Some(info) = &tls {
+            req.extensions_mut().insert(info.clone());
+        }
+        async move { Ok::<_, Infallible>(handle(req, state, remote).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(err) = watcher.watch(conn).await {
+        tracing::debug!(%remote, error = %err, "echo connection error");
+    }
+}
+
+/// A rustls acceptor (ring) for `--tls-cert` / `--tls-key`.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| anyhow::anyhow!("reading --tls-cert {}: {e}", cert.display()))?;
+    // Never echo key material: name the file only.
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|_| anyhow::anyhow!("reading --tls-key {}: no PEM private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("--tls-cert / --tls-key do not form a usable certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// SIGINT / SIGTERM listener, registered eagerly.
@@ -311,6 +383,8 @@ struct EchoResponse<'a> {
     service: &'a str,
     pod: &'a str,
     http_port: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a EchoTls>,
 }
 
 /// Echoes the request back as JSON.
@@ -343,6 +417,7 @@ async fn echo(req: Request<Incoming>, state: &EchoState, remote: SocketAddr) -> 
         service: &state.service,
         pod: &state.pod,
         http_port: &state.http_port,
+        tls: parts.extensions.get::<EchoTls>(),
     };
     let body = match to_pretty_json(&doc) {
         Ok(body) => body,

@@ -82,6 +82,7 @@ fn service_ref(
         });
     };
     check_service(service, port, ns, r.name)?;
+    check_tls(services, service, port, ns, r.name)?;
     Ok(ServiceRef { namespace: ns.to_string(), name: r.name.to_string(), port })
 }
 
@@ -100,6 +101,23 @@ pub(super) fn check_service(service: &Service, port: u16, ns: &str, svc: &str) -
         });
     }
     Ok(())
+}
+
+/// Checks that a BackendTLSPolicy on the Service port, if any, can be met.
+pub(super) fn check_tls(
+    services: &Services<'_>,
+    service: &Service,
+    port: u16,
+    ns: &str,
+    svc: &str,
+) -> Result<(), Unresolved> {
+    match services.tls.lookup(ns, svc, Some(service), port) {
+        Some(super::backendtls::Resolved::Invalid { policy, message }) => Err(Unresolved {
+            reason: "InvalidBackendTLSPolicy",
+            message: format!("Service {ns}/{svc} port {port}: BackendTLSPolicy {policy} cannot be met: {message}"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a ReferenceGrant in `to_ns` lets `from` refer to `to_group/to_kind`

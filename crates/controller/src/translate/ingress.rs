@@ -340,13 +340,15 @@ fn resolve(
                             reason: "BackendNotFound",
                             message: format!("Service {ns}/{} has no such port", svc.name),
                         }),
-                        Some(n) => backend::check_service(service, n, ns, &svc.name).map(|()| {
-                            services.intern(sluice_model::ServiceRef {
-                                namespace: ns.to_string(),
-                                name: svc.name.clone(),
-                                port: n,
-                            })
-                        }),
+                        Some(n) => backend::check_service(service, n, ns, &svc.name)
+                            .and_then(|()| backend::check_tls(services, service, n, ns, &svc.name))
+                            .map(|()| {
+                                services.intern(sluice_model::ServiceRef {
+                                    namespace: ns.to_string(),
+                                    name: svc.name.clone(),
+                                    port: n,
+                                })
+                            }),
                     }
                 }
             }

@@ -213,11 +213,17 @@ impl Echo {
     /// Spawns `sluice echo --quiet` for `deployment` in `namespace`; its
     /// stderr goes to `log_dir`.
     pub fn spawn(deployment: &str, namespace: &str, log_dir: &Path) -> PendingEcho {
+        Self::spawn_with(deployment, namespace, log_dir, &[])
+    }
+
+    /// [`Echo::spawn`] with extra `sluice echo` arguments (e.g. `--tls-cert`).
+    pub fn spawn_with(deployment: &str, namespace: &str, log_dir: &Path, extra: &[&str]) -> PendingEcho {
         let pod = pod_name(deployment);
         let stderr = log_dir.join(format!("echo-{namespace}-{pod}.stderr"));
         let err = File::create(&stderr).unwrap_or_else(|e| panic!("creating {}: {e}", stderr.display()));
         let mut child = Command::new(SLUICE)
             .args(["echo", "--listen", "127.0.0.1:0", "--pod", &pod, "--namespace", namespace, "--quiet"])
+            .args(extra)
             .env_remove("SERVICE_NAME")
             .env_remove("INGRESS_NAME")
             .env("NO_COLOR", "1")

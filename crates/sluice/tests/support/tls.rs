@@ -43,8 +43,17 @@ impl TestCa {
 
     /// A leaf with common name `cn` and DNS SANs `sans`, signed by this CA.
     pub fn leaf(&self, cn: &str, sans: &[&str]) -> Leaf {
+        self.leaf_with_uris(cn, sans, &[])
+    }
+
+    /// [`TestCa::leaf`] with URI SANs as well.
+    pub fn leaf_with_uris(&self, cn: &str, sans: &[&str], uris: &[&str]) -> Leaf {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("leaf params");
+        for u in uris {
+            let uri = rcgen::string::Ia5String::try_from(u.to_string()).expect("URI SAN");
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("signing the leaf");
