@@ -126,6 +126,32 @@ fn metric_sum(sluice: &Sluice, name: &str) -> u64 {
         .sum()
 }
 
+/// A WebSocket through Sluice to `path`: 101, then a masked "Hello" frame
+/// comes back from the echo.
+fn websocket_roundtrip(addr: std::net::SocketAddr, path: &str) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]).expect("send text");
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).expect("read text");
+    assert_eq!(reply, [0x81, 0x05, b'H', b'e', b'l', b'l', b'o']);
+}
+
 #[test]
 fn backend_tls_policy_validates_the_backend_certificate() {
     if !require_curl("backend_tls_policy_validates_the_backend_certificate") {
@@ -202,6 +228,9 @@ fn backend_tls_policy_validates_the_backend_certificate() {
     let c = conditions(&sluice, "HTTPRoute", "app");
     assert_eq!(c.get("Accepted").map(|c| c.0.as_str()), Some("True"), "{c:?}");
     assert_eq!(c.get("ResolvedRefs"), Some(&cond("False", "InvalidBackendTLSPolicy")), "{c:?}");
+
+    // WebSocket upgrades ride the TLS connection too.
+    websocket_roundtrip(addr, "/valid/ws");
 
     // Rotation: swap the two CA bundles. New connections use the new
     // bundle: /wrong-ca now validates, and /valid fails even though a

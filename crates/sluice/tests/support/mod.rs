@@ -910,6 +910,23 @@ fn is_http_echo_deployment(d: &Value) -> bool {
     })
 }
 
+/// Whether a Deployment runs the echo as a TLS server (`tls-backend`),
+/// which `sluice echo --tls-cert/--tls-key` stands in for.
+fn is_tls_echo_deployment(d: &Value) -> bool {
+    let Some(containers) = d.pointer("/spec/template/spec/containers").and_then(Value::as_array) else { return false };
+    containers.iter().any(|c| {
+        let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+        let env = |name: &str| {
+            c.get("env").and_then(Value::as_array).into_iter().flatten().any(|e| e.get("name") == Some(&json!(name)))
+        };
+        image.contains("echo-basic")
+            && env("TLS_SERVER_CERT")
+            && !env("GRPC_ECHO_SERVER")
+            && !env("TCP_ECHO_SERVER")
+            && !env("UDP_ECHO_SERVER")
+    })
+}
+
 fn labels_match(selector: &serde_json::Map<String, Value>, labels: Option<&serde_json::Map<String, Value>>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
@@ -984,13 +1001,29 @@ impl ConformanceEnv {
         }
         docs.insert(0, gateway_class());
 
+        // The CA of the TLS Secrets and ConfigMaps the Go suite generates.
+        let ca = tls::TestCa::new(dir.path(), "conformance-ca");
+        // TLS echo Deployments (tls-backend) serve the suite's
+        // `tls-checks-certificate`: abc.example.com, other.example.com and
+        // a SPIFFE URI SAN (suite.go).
+        let backend_leaf = ca.leaf_with_uris(
+            "tls-checks-certificate",
+            &["abc.example.com", "other.example.com"],
+            &["spiffe://abc.example.com/test-identity"],
+        );
+        let (tls_crt, tls_key) = (dir.path().join("tls-backend.crt"), dir.path().join("tls-backend.key"));
+        std::fs::write(&tls_crt, &backend_leaf.cert).expect("writing the tls-backend certificate");
+        std::fs::write(&tls_key, &backend_leaf.key).expect("writing the tls-backend key");
+        let tls_args = ["--tls-cert", tls_crt.to_str().expect("utf-8"), "--tls-key", tls_key.to_str().expect("utf-8")];
+
         // Start one echo per HTTP echo Deployment, all at once.
         let pending: Vec<(String, PendingEcho)> = docs
             .iter()
-            .filter(|d| kind(d) == "Deployment" && is_http_echo_deployment(d))
+            .filter(|d| kind(d) == "Deployment" && (is_http_echo_deployment(d) || is_tls_echo_deployment(d)))
             .map(|d| {
                 let (ns, name) = (ns_of(d), meta_str(d, "name"));
-                (format!("{ns}/{name}"), Echo::spawn(name, ns, &log_dir))
+                let extra: &[&str] = if is_tls_echo_deployment(d) { &tls_args } else { &[] };
+                (format!("{ns}/{name}"), Echo::spawn_with(name, ns, &log_dir, extra))
             })
             .collect();
         let echoes: BTreeMap<String, Echo> = pending.into_iter().map(|(k, p)| (k, p.wait())).collect();
@@ -1034,7 +1067,6 @@ impl ConformanceEnv {
         // The TLS Secrets the Go suite generates (suite.go), signed by a
         // test CA: a name per host the HTTPS tests use, since clients do not
         // accept `*` or `*.org` as certificate names.
-        let ca = tls::TestCa::new(dir.path(), "conformance-ca");
         let hosts = [
             "example.org",
             "second-example.org",
@@ -1048,6 +1080,19 @@ impl ConformanceEnv {
         docs.push(tls::tls_secret(INFRA_NS, "tls-validity-checks-certificate", &leaf));
         let web = ca.leaf("certificate", &hosts);
         docs.push(tls::tls_secret("gateway-conformance-web-backend", "certificate", &web));
+        // BackendTLSPolicy CA bundles: the CA of tls-backend, and an unrelated one.
+        let other_ca = tls::TestCa::new(dir.path(), "mismatch-ca");
+        for (name, pem) in
+            [("tls-checks-ca-certificate", &ca.pem_path), ("mismatch-ca-certificate", &other_ca.pem_path)]
+        {
+            let pem = std::fs::read_to_string(pem).expect("reading a CA PEM");
+            docs.push(json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": INFRA_NS},
+                "data": {"ca.crt": pem},
+            }));
+        }
 
         let config_file = config_dir.join("manifests.yaml");
         std::fs::write(&config_file, to_yaml_docs(&docs)).expect("writing config");
