@@ -426,6 +426,117 @@ fn uri_sans(cert: &[u8]) -> Option<Vec<&[u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::{Options, translate};
+
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        params.self_signed(&key).unwrap_or_else(|e| panic!("{e}")).pem()
+    }
+
+    /// Gateway + HTTPRoute to Services `a` and `b` (port `https` 443) +
+    /// the given policies.
+    fn objects(policies: &str) -> Objects {
+        let pem = ca_pem().replace('\n', "\n    ");
+        let yaml = format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: ns}}
+spec: {{gatewayClassName: sluice, listeners: [{{name: http, port: 80, protocol: HTTP}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: ns}}
+spec:
+  parentRefs: [{{name: web}}]
+  rules:
+  - backendRefs: [{{name: a, port: 443}}]
+  - matches: [{{path: {{type: PathPrefix, value: /b}}}}]
+    backendRefs: [{{name: b, port: 443}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: a, namespace: ns}}
+spec: {{ports: [{{name: https, port: 443}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: b, namespace: ns}}
+spec: {{ports: [{{name: https, port: 443}}]}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ca, namespace: ns}}
+data:
+  ca.crt: |
+    {pem}
+{policies}"#
+        );
+        let mut o = Objects::default();
+        let mut r = Report::default();
+        o.add_yaml(&yaml, "test.yaml", &mut r);
+        assert!(!r.has_errors(), "{:?}", r.diagnostics);
+        o
+    }
+
+    fn policy(name: &str, svc: &str, section: Option<&str>, hostname: &str, validation: &str) -> String {
+        let section = section.map(|s| format!(", sectionName: {s}")).unwrap_or_default();
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: {svc}{section}}}]\n  validation: {{hostname: {hostname}, {validation}}}\n"
+        )
+    }
+
+    fn accepted(t: &crate::translate::Translation, name: &str) -> (&'static str, &'static str) {
+        let c = t
+            .report
+            .condition(KIND, "ns", name, &Scope::Object, "Accepted")
+            .unwrap_or_else(|| panic!("no Accepted on {name}: {:#?}", t.report.statuses));
+        (c.status, c.reason)
+    }
+
+    #[test]
+    fn well_known_system_cas_are_reported_unsupported_and_make_the_backend_invalid() {
+        let cas = "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}]";
+        let o = objects(&format!(
+            "{}{}",
+            policy("sys", "a", None, "a.example", "wellKnownCACertificates: System"),
+            policy("ok", "b", None, "b.example", cas)
+        ));
+        let t = translate(&o, &Options::default());
+        assert_eq!(accepted(&t, "sys"), ("False", "Invalid"));
+        assert_eq!(accepted(&t, "ok"), ("True", "Accepted"));
+        let route = t.report.statuses.iter().find(|s| s.kind == "HTTPRoute").expect("route status");
+        let rr = route.conditions.iter().find(|c| c.type_ == "ResolvedRefs").expect("ResolvedRefs");
+        assert_eq!((rr.status, rr.reason), ("False", "InvalidBackendTLSPolicy"));
+        // Service b (valid policy) is spoken to over TLS with its hostname as SNI.
+        assert_eq!(t.input.upstream_tls.len(), 1);
+        let tls = &t.input.upstream_tls[0];
+        assert_eq!(t.input.services[tls.backend.0 as usize].name, "b");
+        assert_eq!(tls.tls.server_name.to_str(), "b.example");
+    }
+
+    #[test]
+    fn a_port_policy_wins_over_a_whole_service_policy_and_conflicts_are_oldest_first() {
+        let cas = "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}]";
+        let o = objects(&format!(
+            "{}{}{}",
+            policy("whole", "a", None, "whole.example", cas),
+            policy("port", "a", Some("https"), "port.example", cas),
+            policy("port-2", "a", Some("https"), "other.example", cas),
+        ));
+        let t = translate(&o, &Options::default());
+        assert_eq!(accepted(&t, "whole"), ("True", "Accepted"));
+        assert_eq!(accepted(&t, "port"), ("True", "Accepted"));
+        assert_eq!(accepted(&t, "port-2"), ("False", "Conflicted"));
+        let tls = t.input.upstream_tls.first().expect("a TLS backend");
+        assert_eq!(tls.tls.server_name.to_str(), "port.example");
+    }
 
     #[test]
     fn uri_sans_are_read_from_the_extension_only() {
