@@ -181,10 +181,7 @@ fn resolve(
     for (i, r) in v.ca_certificate_refs.iter().flatten().enumerate() {
         let field = format!("spec.validation.caCertificateRefs[{i}]");
         let failure = if !(r.group.is_empty() || r.group == "core") || r.kind != "ConfigMap" {
-            Some((
-                "InvalidKind",
-                format!("{field}: kind {}/{} is not supported (only core ConfigMap)", r.group, r.kind),
-            ))
+            Some(("InvalidKind", format!("kind {}/{} is not supported (only core ConfigMap)", r.group, r.kind)))
         } else {
             match ca_certificates(objects, ns, &r.name) {
                 Ok((certs, pem)) => {
@@ -192,19 +189,20 @@ fn resolve(
                     if added == 0 {
                         Some((
                             "InvalidCACertificateRef",
-                            format!("{field}: ConfigMap {ns}/{} holds no usable CA certificate", r.name),
+                            format!("ConfigMap {ns}/{} holds no usable CA certificate", r.name),
                         ))
                     } else {
                         bundle.extend_from_slice(pem);
                         None
                     }
                 }
-                Err(e) => Some(("InvalidCACertificateRef", format!("{field}: {e}"))),
+                Err(e) => Some(("InvalidCACertificateRef", e)),
             }
         };
         if let Some((reason, msg)) = failure {
-            report.push(Severity::Warning, format!("{KIND} {ns}/{pname}"), field, msg.clone());
-            bad.get_or_insert((reason, msg));
+            let full = format!("{field}: {msg}");
+            report.push(Severity::Warning, format!("{KIND} {ns}/{pname}"), field, msg);
+            bad.get_or_insert((reason, full));
         }
     }
     if roots.is_empty() {
