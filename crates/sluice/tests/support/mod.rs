@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod cases;
 pub mod golit;
 
@@ -329,15 +330,43 @@ impl Sluice {
 
     /// Like [`Sluice::start`], but returns how it exited if it did not come up.
     pub fn try_start(config: &Path, log_dir: &Path, extra: &[&str]) -> Result<Sluice, StartFailure> {
+        let config_arg = config.to_str().expect("utf-8 config path");
+        let mut args = vec!["--config", config_arg];
+        args.extend_from_slice(extra);
+        Self::try_start_with(&args, &[], config, log_dir, true)
+    }
+
+    /// Starts `sluice run --kubernetes --admin 127.0.0.1:0 EXTRA...` with
+    /// `KUBECONFIG=kubeconfig`; waits for `/readyz` only when `wait_ready`.
+    pub fn start_kube(kubeconfig: &Path, log_dir: &Path, extra: &[&str], wait_ready: bool) -> Sluice {
+        let mut args = vec!["--kubernetes"];
+        args.extend_from_slice(extra);
+        let env = [("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))];
+        match Self::try_start_with(&args, &env, kubeconfig, log_dir, wait_ready) {
+            Ok(s) => s,
+            Err(f) => {
+                panic!("sluice run --kubernetes exited with {}\nstdout:\n{}\nstderr:\n{}", f.status, f.stdout, f.stderr)
+            }
+        }
+    }
+
+    /// Starts `sluice run --admin 127.0.0.1:0 ARGS...` with `env`.
+    pub fn try_start_with(
+        run_args: &[&str],
+        env: &[(&str, &str)],
+        config: &Path,
+        log_dir: &Path,
+        wait_ready: bool,
+    ) -> Result<Sluice, StartFailure> {
         let stderr_path = log_dir.join(format!("sluice-{:08x}.stderr", random_u64() as u32));
         let err = File::create(&stderr_path).unwrap_or_else(|e| panic!("creating {}: {e}", stderr_path.display()));
-        let config_arg = config.to_str().expect("utf-8 config path");
-        let mut args = vec!["run", "--config", config_arg, "--admin", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
+        let mut args = vec!["run", "--admin", "127.0.0.1:0"];
+        args.extend_from_slice(run_args);
         let mut child = Command::new(SLUICE)
             .args(&args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
-            .env("SLUICE_LOG", "info")
+            .env("SLUICE_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
@@ -394,6 +423,9 @@ impl Sluice {
         }
         let s =
             Sluice { child, exit: None, admin, listening, stdout: lines, stderr_path, config: config.to_path_buf() };
+        if !wait_ready {
+            return Ok(s);
+        }
         // 2. `/readyz`.
         let ready =
             wait_until(STARTUP_TIMEOUT, || (s.admin_get("/readyz").map(|(st, _)| st) == Some(200)).then_some(()));
@@ -969,6 +1001,35 @@ impl ConformanceEnv {
         let dir = TempDir::new("conformance");
         let config_dir = dir.subdir("config");
         let log_dir = dir.subdir("logs");
+        let (docs, echoes) = conformance_docs(test_manifests, &log_dir);
+        let config_file = config_dir.join("manifests.yaml");
+        std::fs::write(&config_file, to_yaml_docs(&docs)).expect("writing config");
+        let sluice = Sluice::start(
+            &config_dir,
+            &log_dir,
+            &["--isolate-gateways", "--bind", "80=127.0.0.1:0", "--bind", "8080=127.0.0.1:0"],
+        );
+        Self { sluice, echoes, docs, config_file, dir }
+    }
+
+    /// Address serving Gateway `namespace/name` listener port `port`.
+    pub fn addr_of(&self, gateway: &str, port: u16) -> SocketAddr {
+        self.sluice.addr_of(gateway, port)
+    }
+
+    /// The echo standing in for `namespace/deployment`.
+    pub fn echo(&self, key: &str) -> &Echo {
+        self.echoes
+            .get(key)
+            .unwrap_or_else(|| panic!("no echo {key}; have {:?}", self.echoes.keys().collect::<Vec<_>>()))
+    }
+}
+
+/// The GatewayClass, base manifests and `tests/<name>.yaml` for each name,
+/// with one running echo per HTTP echo Deployment (keyed by
+/// `namespace/deployment`) and EndpointSlices pointing Services at them.
+pub fn conformance_docs(test_manifests: &[&str], log_dir: &Path) -> (Vec<Value>, BTreeMap<String, Echo>) {
+    {
         let mut docs = load_conformance_manifest("base/manifests.yaml");
         for m in test_manifests {
             docs.extend(load_conformance_manifest(&format!("tests/{m}.yaml")));
@@ -981,7 +1042,7 @@ impl ConformanceEnv {
             .filter(|d| kind(d) == "Deployment" && is_http_echo_deployment(d))
             .map(|d| {
                 let (ns, name) = (ns_of(d), meta_str(d, "name"));
-                (format!("{ns}/{name}"), Echo::spawn(name, ns, &log_dir))
+                (format!("{ns}/{name}"), Echo::spawn(name, ns, log_dir))
             })
             .collect();
         let echoes: BTreeMap<String, Echo> = pending.into_iter().map(|(k, p)| (k, p.wait())).collect();
@@ -1022,27 +1083,7 @@ impl ConformanceEnv {
             d["endpoints"] = json!([{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]);
         }
         docs.extend(generated);
-
-        let config_file = config_dir.join("manifests.yaml");
-        std::fs::write(&config_file, to_yaml_docs(&docs)).expect("writing config");
-        let sluice = Sluice::start(
-            &config_dir,
-            &log_dir,
-            &["--isolate-gateways", "--bind", "80=127.0.0.1:0", "--bind", "8080=127.0.0.1:0"],
-        );
-        Self { sluice, echoes, docs, config_file, dir }
-    }
-
-    /// Address serving Gateway `namespace/name` listener port `port`.
-    pub fn addr_of(&self, gateway: &str, port: u16) -> SocketAddr {
-        self.sluice.addr_of(gateway, port)
-    }
-
-    /// The echo standing in for `namespace/deployment`.
-    pub fn echo(&self, key: &str) -> &Echo {
-        self.echoes
-            .get(key)
-            .unwrap_or_else(|| panic!("no echo {key}; have {:?}", self.echoes.keys().collect::<Vec<_>>()))
+        (docs, echoes)
     }
 }
 
