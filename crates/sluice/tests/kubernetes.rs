@@ -198,3 +198,306 @@ fn an_endpoint_change_propagates_without_recompiling_routes() {
     assert_eq!(metric(&s, "sluice_config_applies_total"), applies, "an endpoint change recompiled routes");
     assert_eq!(s.config_dump().0, generation);
 }
+
+// ---------------------------------------------------------------------------
+// Status writeback
+// ---------------------------------------------------------------------------
+
+const CONTROLLER: &str = "sluice.dev/gateway-controller";
+
+/// `status.conditions` (or any conditions array) as type → condition.
+fn conditions(v: Option<&Value>) -> BTreeMap<String, Value> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c.get("type")?.as_str()?.to_string(), c.clone())))
+        .collect()
+}
+
+/// Waits until `f` accepts the object `kind ns/name`; returns it.
+fn wait_object(api: &ApiServer, kind: &str, ns: &str, name: &str, f: impl Fn(&Value) -> bool) -> Value {
+    wait_until(WAIT, || api.get(kind, ns, name).filter(|o| f(o))).unwrap_or_else(|| {
+        panic!(
+            "{kind} {ns}/{name} never reached the expected status; it is:\n{:#}",
+            api.get(kind, ns, name).unwrap_or_default()
+        )
+    })
+}
+
+fn is(c: Option<&Value>, status: &str, reason: &str) -> bool {
+    c.is_some_and(|c| c["status"] == status && c["reason"] == reason)
+}
+
+fn listener<'a>(gw: &'a Value, name: &str) -> Option<&'a Value> {
+    gw.pointer("/status/listeners")?.as_array()?.iter().find(|l| l["name"] == name)
+}
+
+/// Our `status.parents` entry of a route (the first, or the one for `gateway`).
+fn parent<'a>(route: &'a Value, gateway: &str) -> Option<&'a Value> {
+    route
+        .pointer("/status/parents")?
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == CONTROLLER && p["parentRef"]["name"] == gateway)
+}
+
+/// Every condition anywhere in the object's status carries
+/// observedGeneration == metadata.generation.
+fn all_current(obj: &Value) -> bool {
+    fn walk(v: &Value, g: &Value, ok: &mut bool, any: &mut bool) {
+        match v {
+            Value::Object(m) => {
+                if let Some(cs) = m.get("conditions").and_then(Value::as_array) {
+                    for c in cs {
+                        *any = true;
+                        *ok &= c.get("observedGeneration") == Some(g);
+                    }
+                }
+                m.values().for_each(|x| walk(x, g, ok, any));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, g, ok, any)),
+            _ => {}
+        }
+    }
+    let (mut ok, mut any) = (true, false);
+    if let (Some(status), Some(g)) = (obj.get("status"), obj.pointer("/metadata/generation")) {
+        walk(status, g, &mut ok, &mut any);
+    }
+    ok && any
+}
+
+#[test]
+fn status_is_written_with_the_conformance_conditions_and_reasons() {
+    let c = Cluster::new(&[
+        "gateway-invalid-route-kind",
+        "gateway-with-attached-routes",
+        "httproute-invalid-cross-namespace-parent-ref",
+        "httproute-invalid-nonexistent-backendref",
+        "httproute-partially-invalid-via-invalid-reference-grant",
+    ]);
+    // The LoadBalancer Service fronting Sluice, an Ingress Sluice serves, and
+    // another controller's entry on a route's status.
+    c.api.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "sluice", "namespace": "sluice-system"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.10", "ports": [{"name": "http", "port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}},
+    }));
+    c.api.apply(&json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "sluice"}, "spec": {"controller": "sluice.dev/ingress-controller"},
+    }));
+    c.api.apply(&json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": INFRA_NS},
+        "spec": {"ingressClassName": "sluice", "defaultBackend": {"service": {"name": "infra-backend-v1", "port": {"number": 8080}}}},
+    }));
+    let mut foreign = c.api.get("HTTPRoute", INFRA_NS, "http-route-1").expect("http-route-1");
+    let other = json!({"parentRef": {"name": "elsewhere"}, "controllerName": "other.example/controller",
+                       "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                                       "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}]});
+    foreign["status"] = json!({"parents": [other.clone()]});
+    c.api.delete("HTTPRoute", INFRA_NS, "http-route-1");
+    c.api.apply(&foreign);
+    let s = c.sluice("sluice-a", true, &["--publish-service", "sluice-system/sluice"]);
+
+    // GatewayClass: Accepted, and exactly the supported features, sorted.
+    let gc = wait_object(&c.api, "GatewayClass", "", "sluice", |o| {
+        is(conditions(o.pointer("/status/conditions")).get("Accepted"), "True", "Accepted")
+    });
+    let features: Vec<&str> = gc
+        .pointer("/status/supportedFeatures")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(
+        features.contains(&"HTTPRoute") && features.contains(&"Gateway") && features.contains(&"ReferenceGrant"),
+        "{features:?}"
+    );
+    assert!(!features.contains(&"HTTPRouteRequestMirror"), "a feature Sluice does not implement: {features:?}");
+    assert!(features.windows(2).all(|w| w[0] < w[1]), "unsorted: {features:?}");
+
+    // GatewayInvalidRouteKind.
+    let only_bad =
+        wait_object(&c.api, "Gateway", INFRA_NS, "gateway-only-invalid-route-kind", |o| listener(o, "http").is_some());
+    let l = listener(&only_bad, "http").expect("listener");
+    assert!(is(conditions(l.get("conditions")).get("ResolvedRefs"), "False", "InvalidRouteKinds"), "{l:#}");
+    assert_eq!(l["supportedKinds"], json!([]));
+    assert_eq!(l["attachedRoutes"], 0);
+    let mixed = wait_object(&c.api, "Gateway", INFRA_NS, "gateway-supported-and-invalid-route-kind", |o| {
+        listener(o, "http").is_some()
+    });
+    let l = listener(&mixed, "http").expect("listener");
+    assert!(is(conditions(l.get("conditions")).get("ResolvedRefs"), "False", "InvalidRouteKinds"), "{l:#}");
+    assert_eq!(l["supportedKinds"], json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]));
+
+    // GatewayWithAttachedRoutes.
+    let one = wait_object(&c.api, "Gateway", INFRA_NS, "gateway-with-one-attached-route", |o| {
+        listener(o, "http").is_some_and(|l| l["attachedRoutes"] == 1)
+    });
+    let l = listener(&one, "http").expect("listener");
+    let lc = conditions(l.get("conditions"));
+    assert!(is(lc.get("Accepted"), "True", "Accepted") && is(lc.get("ResolvedRefs"), "True", "ResolvedRefs"), "{l:#}");
+    assert!(
+        is(lc.get("Conflicted"), "False", "NoConflicts") && is(lc.get("Programmed"), "True", "Programmed"),
+        "{l:#}"
+    );
+    wait_object(&c.api, "Gateway", INFRA_NS, "gateway-with-two-attached-routes", |o| {
+        listener(o, "http").is_some_and(|l| l["attachedRoutes"] == 2)
+    });
+    let not_accepted = wait_object(&c.api, "HTTPRoute", INFRA_NS, "http-route-not-accepted", |o| {
+        parent(o, "gateway-with-two-attached-routes").is_some()
+    });
+    let p = parent(&not_accepted, "gateway-with-two-attached-routes").expect("parent");
+    assert!(is(conditions(p.get("conditions")).get("Accepted"), "False", "NoMatchingListenerHostname"), "{p:#}");
+    assert_eq!(p["parentRef"]["group"], "gateway.networking.k8s.io");
+    assert_eq!(p["parentRef"]["kind"], "Gateway");
+    assert_eq!(p["parentRef"]["namespace"], INFRA_NS);
+    // The other controller's entry survives Sluice's writes.
+    let r1 = wait_object(&c.api, "HTTPRoute", INFRA_NS, "http-route-1", |o| {
+        parent(o, "gateway-with-one-attached-route").is_some()
+    });
+    assert!(r1.pointer("/status/parents").and_then(Value::as_array).is_some_and(|ps| ps.contains(&other)), "{r1:#}");
+
+    // HTTPRouteInvalidCrossNamespaceParentRef.
+    let cross = wait_object(
+        &c.api,
+        "HTTPRoute",
+        "gateway-conformance-web-backend",
+        "invalid-cross-namespace-parent-ref",
+        |o| parent(o, "same-namespace").is_some(),
+    );
+    let p = parent(&cross, "same-namespace").expect("parent");
+    assert!(is(conditions(p.get("conditions")).get("Accepted"), "False", "NotAllowedByListeners"), "{p:#}");
+
+    // HTTPRouteInvalidNonExistentBackendRef.
+    let missing = wait_object(&c.api, "HTTPRoute", INFRA_NS, "invalid-nonexistent-backend-ref", |o| {
+        parent(o, "same-namespace").is_some()
+    });
+    let pc = conditions(parent(&missing, "same-namespace").and_then(|p| p.get("conditions")));
+    assert!(
+        is(pc.get("ResolvedRefs"), "False", "BackendNotFound") && is(pc.get("Accepted"), "True", "Accepted"),
+        "{pc:#?}"
+    );
+
+    // HTTPRoutePartiallyInvalidViaInvalidReferenceGrant.
+    let partial = wait_object(&c.api, "HTTPRoute", INFRA_NS, "invalid-reference-grant", |o| {
+        parent(o, "same-namespace").is_some()
+    });
+    let pc = conditions(parent(&partial, "same-namespace").and_then(|p| p.get("conditions")));
+    assert!(
+        is(pc.get("ResolvedRefs"), "False", "RefNotPermitted") && is(pc.get("Accepted"), "True", "Accepted"),
+        "{pc:#?}"
+    );
+
+    // Gateway conditions, addresses from the publish Service, propagation.
+    let gw = wait_object(&c.api, "Gateway", INFRA_NS, "same-namespace", |o| {
+        is(conditions(o.pointer("/status/conditions")).get("Programmed"), "True", "Programmed")
+    });
+    let gc = conditions(gw.pointer("/status/conditions"));
+    assert!(is(gc.get("Accepted"), "True", "Accepted"), "{gc:#?}");
+    assert_eq!(gc["Programmed"]["message"], "applied by 1/1 replicas");
+    assert_eq!(gw.pointer("/status/addresses"), Some(&json!([{"type": "IPAddress", "value": "203.0.113.7"}])));
+    let ing = wait_object(&c.api, "Ingress", INFRA_NS, "web", |o| o.pointer("/status/loadBalancer/ingress").is_some());
+    assert_eq!(ing.pointer("/status/loadBalancer/ingress"), Some(&json!([{"ip": "203.0.113.7"}])));
+
+    // Every condition Sluice wrote is for the current generation.
+    for (kind, ns, name) in [
+        ("GatewayClass", "", "sluice"),
+        ("Gateway", INFRA_NS, "same-namespace"),
+        ("Gateway", INFRA_NS, "gateway-with-one-attached-route"),
+        ("HTTPRoute", INFRA_NS, "invalid-reference-grant"),
+    ] {
+        let o = c.api.get(kind, ns, name).expect("object");
+        assert!(all_current(&o), "{kind} {ns}/{name}: {o:#}");
+    }
+
+    // Nothing is rewritten once status is current: writes stop.
+    let writes = || metric(&s, "sluice_status_writes_total");
+    let settled = wait_until(WAIT, || {
+        let before = writes();
+        std::thread::sleep(Duration::from_millis(1500));
+        (writes() == before).then_some(())
+    });
+    assert!(settled.is_some(), "status writes never stop; stderr:\n{}", s.stderr());
+    // And status writes never recompile routes.
+    let applies = metric(&s, "sluice_config_applies_total");
+    assert!(applies <= 2.0, "status writes recompiled the table {applies} times");
+}
+
+#[test]
+fn status_follows_spec_changes_with_the_new_observed_generation() {
+    if !require_curl("status_follows_spec_changes_with_the_new_observed_generation") {
+        return;
+    }
+    let c = Cluster::new(&[
+        "gateway-observed-generation-bump",
+        "httproute-observed-generation-bump",
+        "gateway-modify-listeners",
+    ]);
+    let s = c.sluice("sluice-a", true, &[]);
+
+    // GatewayObservedGenerationBump: add a listener.
+    let gw = wait_object(&c.api, "Gateway", INFRA_NS, "gateway-observed-generation-bump", all_current);
+    assert_eq!(gw["metadata"]["generation"], 1);
+    let mut changed = gw.clone();
+    changed["spec"]["listeners"].as_array_mut().expect("listeners").push(json!({
+        "name": "http-2", "hostname": "foo.com", "port": 8080, "protocol": "HTTP",
+        "allowedRoutes": {"namespaces": {"from": "All"}},
+    }));
+    assert_eq!(c.api.apply(&changed).map(|o| o["metadata"]["generation"].clone()), Some(json!(2)));
+    let gw = wait_object(&c.api, "Gateway", INFRA_NS, "gateway-observed-generation-bump", |o| {
+        all_current(o) && listener(o, "http-2").is_some()
+    });
+    assert!(is(conditions(gw.pointer("/status/conditions")).get("Accepted"), "True", "Accepted"), "{gw:#}");
+
+    // HTTPRouteObservedGenerationBump: change the route.
+    let r = wait_object(&c.api, "HTTPRoute", INFRA_NS, "observed-generation-bump", |o| {
+        parent(o, "same-namespace").is_some() && all_current(o)
+    });
+    let mut changed = r.clone();
+    changed["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("infra-backend-v2");
+    c.api.apply(&changed);
+    let r = wait_object(&c.api, "HTTPRoute", INFRA_NS, "observed-generation-bump", |o| {
+        o["metadata"]["generation"] == 2 && parent(o, "same-namespace").is_some() && all_current(o)
+    });
+    let pc = conditions(parent(&r, "same-namespace").and_then(|p| p.get("conditions")));
+    assert!(
+        is(pc.get("Accepted"), "True", "Accepted") && is(pc.get("ResolvedRefs"), "True", "ResolvedRefs"),
+        "{pc:#?}"
+    );
+
+    // GatewayModifyListeners: add an HTTP listener; it is accepted, the
+    // route attaches, traffic flows.
+    let add = c.api.get("Gateway", INFRA_NS, "gateway-add-listener").expect("gateway-add-listener");
+    let mut changed = add.clone();
+    changed["spec"]["listeners"].as_array_mut().expect("listeners").push(json!({
+        "name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}},
+    }));
+    c.api.apply(&changed);
+    let gw = wait_object(&c.api, "Gateway", INFRA_NS, "gateway-add-listener", |o| {
+        all_current(o) && listener(o, "http").is_some_and(|l| l["attachedRoutes"] == 1)
+    });
+    let lc = conditions(listener(&gw, "http").and_then(|l| l.get("conditions")));
+    assert!(
+        is(lc.get("Accepted"), "True", "Accepted") && is(lc.get("ResolvedRefs"), "True", "ResolvedRefs"),
+        "{lc:#?}"
+    );
+    let addr = s.addr_of("gateway-conformance-infra/gateway-add-listener", 80);
+    assert!(curl_retry(addr, &Req::get("/"), WAIT).pod().is_some_and(|p| p.starts_with("infra-backend-v1-")));
+
+    // ...and remove one: it leaves status, its traffic stops.
+    let addr = s.addr_of("gateway-conformance-infra/gateway-remove-listener", 80);
+    assert!(curl_retry(addr, &Req::get("/"), WAIT).pod().is_some_and(|p| p.starts_with("infra-backend-v1-")));
+    let remove = c.api.get("Gateway", INFRA_NS, "gateway-remove-listener").expect("gateway-remove-listener");
+    let mut changed = remove.clone();
+    changed["spec"]["listeners"].as_array_mut().expect("listeners").retain(|l| l["name"] != "http");
+    c.api.apply(&changed);
+    wait_object(&c.api, "Gateway", INFRA_NS, "gateway-remove-listener", |o| {
+        all_current(o) && listener(o, "http").is_none()
+    });
+    let stopped = wait_until(WAIT, || curl(addr, &Req::get("/")).map_or(Some(()), |r| (r.status != 200).then_some(())));
+    assert!(stopped.is_some(), "traffic still served by a removed listener");
+}

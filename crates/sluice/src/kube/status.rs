@@ -262,14 +262,12 @@ impl State {
             let key = format!("{}/{}", s.namespace, s.name);
             let mut conditions = s.conditions.clone();
             let generation = a.gateways.get(&key).copied().unwrap_or_default();
-            if let Some(p) = conditions.iter_mut().find(|c| c.type_ == "Programmed" && c.status == "True")
-                && !lead.replicas.is_empty()
-            {
+            if let Some(p) = conditions.iter_mut().find(|c| c.type_ == "Programmed" && c.status == "True") {
                 let done = lead.replicas.iter().filter(|r| r.gateways.get(&key).is_some_and(|g| *g >= generation));
                 let done = done.count();
                 let total = lead.replicas.len();
                 p.message = format!("applied by {done}/{total} replicas");
-                if done < total {
+                if done < total || total == 0 {
                     p.status = "False";
                     p.reason = "Pending";
                     for r in &lead.replicas {
