@@ -123,6 +123,11 @@ pub(crate) struct Controller {
     pub(crate) admin: Arc<AdminState>,
     proxy: Proxy,
     binds: Vec<BindSpec>,
+    /// Reject the whole change when any object or rule is invalid (files:
+    /// an edit is all or nothing). When false (Kubernetes, where each object
+    /// was validated by the API server and belongs to someone else), invalid
+    /// objects and rules are left out and reported, the rest applies.
+    pub(crate) strict: bool,
 }
 
 /// Control-plane metrics, registered beside the proxy's.
@@ -215,7 +220,7 @@ impl Controller {
 
     fn try_swap(&mut self, objects: Objects, mut report: Report, since: Instant) -> Result<bool, Report> {
         let started = Instant::now();
-        if report.has_errors() {
+        if self.strict && report.has_errors() {
             return Err(report);
         }
         if self.generation > 0
@@ -239,7 +244,7 @@ impl Controller {
         let t = translate(&objects, &self.options);
         report.statuses.extend(t.report.statuses);
         report.diagnostics.extend(t.report.diagnostics);
-        if report.has_errors() {
+        if self.strict && report.has_errors() {
             return Err(report);
         }
         log_report(&report);
@@ -373,6 +378,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         admin: admin.clone(),
         proxy: proxy.clone(),
         binds: args.binds.clone(),
+        strict: args.config.is_some(),
     };
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
     let code = match args.config.clone() {

@@ -52,9 +52,10 @@ impl Cluster {
             pod,
             "--pod-namespace",
             "sluice-system",
-            "--lease-duration",
-            "2s",
         ];
+        if !extra.contains(&"--lease-duration") {
+            args.extend_from_slice(&["--lease-duration", "2s"]);
+        }
         args.extend_from_slice(extra);
         Sluice::start_kube(&self.kubeconfig, &self.log_dir, &args, wait_ready)
     }
@@ -64,15 +65,22 @@ impl Cluster {
     }
 }
 
-/// A metric's value (the first series of that name) from `/metrics`.
+/// A metric's value (summed over its series) from `/metrics`.
 fn metric(s: &Sluice, name: &str) -> f64 {
-    let (_, body) = s.admin_get("/metrics").expect("admin /metrics");
-    body.lines()
-        .find_map(|l| {
+    metric_opt(s, name).unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// A metric's value (summed over its series), `None` when not exported.
+fn metric_opt(s: &Sluice, name: &str) -> Option<f64> {
+    let (_, body) = s.admin_get("/metrics")?;
+    let values: Vec<f64> = body
+        .lines()
+        .filter_map(|l| {
             let (n, v) = l.rsplit_once(' ')?;
             (n == name || n.starts_with(&format!("{name}{{"))).then(|| v.parse().ok()).flatten()
         })
-        .unwrap_or_else(|| panic!("no metric {name}"))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 fn route(ns: &str, name: &str, gateway: &str, prefix: &str, backend: &str) -> Value {
@@ -500,4 +508,129 @@ fn status_follows_spec_changes_with_the_new_observed_generation() {
     });
     let stopped = wait_until(WAIT, || curl(addr, &Req::get("/")).map_or(Some(()), |r| (r.status != 200).then_some(())));
     assert!(stopped.is_some(), "traffic still served by a removed listener");
+}
+
+// ---------------------------------------------------------------------------
+// Leader election and proof of propagation
+// ---------------------------------------------------------------------------
+
+fn programmed(api: &ApiServer) -> Option<Value> {
+    let gw = api.get("Gateway", INFRA_NS, "same-namespace")?;
+    conditions(gw.pointer("/status/conditions")).get("Programmed").cloned()
+}
+
+#[test]
+fn the_leader_writes_status_once_every_replica_applied_and_hands_over_when_its_lease_expires() {
+    if !require_curl("the_leader_writes_status_once_every_replica_applied_and_hands_over_when_its_lease_expires") {
+        return;
+    }
+    let c = Cluster::new(&["httproute-simple-same-namespace"]);
+    let a = c.sluice("sluice-a", true, &[]);
+    let leads = |s: &Sluice| metric_opt(s, "sluice_leader") == Some(1.0);
+    assert!(wait_until(WAIT, || leads(&a).then_some(())).is_some(), "sluice-a never led; stderr:\n{}", a.stderr());
+    let b = c.sluice("sluice-b", true, &[]);
+    // Every replica serves.
+    for s in [&a, &b] {
+        let r = curl_retry(s.addr_of(SAME_NAMESPACE, 80), &Req::get("/"), WAIT);
+        assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v1-")), "{:?}", r.pod());
+    }
+    let two = wait_until(WAIT, || programmed(&c.api).filter(|p| p["message"] == "applied by 2/2 replicas"));
+    assert!(two.is_some_and(|p| p["status"] == "True"), "{:?}; a:\n{}", programmed(&c.api), a.stderr());
+    let lease = c.api.get("Lease", "sluice-system", "sluice-leader").expect("leader Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "sluice-a");
+    for pod in ["sluice-a", "sluice-b"] {
+        let l = c.api.get("Lease", "sluice-system", &format!("sluice-replica-{pod}")).expect("replica Lease");
+        let gws: Value =
+            serde_json::from_str(l["metadata"]["annotations"]["sluice.dev/gateways"].as_str().unwrap_or("{}"))
+                .expect("gateways annotation");
+        assert_eq!(gws[SAME_NAMESPACE], 1, "{l:#}");
+    }
+    // Only the leader writes.
+    assert!(!leads(&b));
+    assert_eq!(metric_opt(&b, "sluice_status_writes_total").unwrap_or(0.0), 0.0, "a follower wrote status");
+    assert!(metric_opt(&a, "sluice_status_writes_total").unwrap_or(0.0) > 0.0);
+
+    // A replica that has not applied the Gateway (it watches another
+    // namespace) holds Programmed back, and the leader exports the lag.
+    let lagging = c.sluice("sluice-c", true, &["--watch-namespace", "gateway-conformance-web-backend"]);
+    let held = wait_until(WAIT, || programmed(&c.api).filter(|p| p["message"] == "applied by 2/3 replicas"));
+    let held = held.unwrap_or_else(|| panic!("Programmed not held back: {:?}", programmed(&c.api)));
+    assert_eq!((held["status"].as_str(), held["reason"].as_str()), (Some("False"), Some("Pending")));
+    assert_eq!(metric_opt(&a, "sluice_replicas_lagging"), Some(1.0));
+    assert!(metric_opt(&a, "sluice_propagation_lag_seconds").is_some_and(|s| s > 0.0));
+    // Once it is gone (its Lease expires), the remaining replicas suffice.
+    drop(lagging);
+    let back = wait_until(WAIT, || programmed(&c.api).filter(|p| p["message"] == "applied by 2/2 replicas"));
+    assert!(back.is_some_and(|p| p["status"] == "True"), "{:?}", programmed(&c.api));
+    assert!(wait_until(WAIT, || (metric_opt(&a, "sluice_replicas_lagging") == Some(0.0)).then_some(())).is_some());
+
+    // The leader dies without releasing its Lease: sluice-b takes over once
+    // it expires, and writes status from then on.
+    drop(a);
+    assert!(
+        wait_until(WAIT, || leads(&b).then_some(())).is_some(),
+        "sluice-b never took over; stderr:\n{}",
+        b.stderr()
+    );
+    let lease = c.api.get("Lease", "sluice-system", "sluice-leader").expect("leader Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "sluice-b");
+    assert!(lease["spec"]["leaseTransitions"].as_i64().is_some_and(|t| t >= 1), "{lease:#}");
+    let mut route = c.api.get("HTTPRoute", INFRA_NS, "gateway-conformance-infra-test").expect("route");
+    route["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("infra-backend-v2");
+    c.api.apply(&route);
+    wait_object(&c.api, "HTTPRoute", INFRA_NS, "gateway-conformance-infra-test", |o| {
+        o["metadata"]["generation"] == 2 && parent(o, "same-namespace").is_some() && all_current(o)
+    });
+    let one = wait_until(WAIT, || programmed(&c.api).filter(|p| p["message"] == "applied by 1/1 replicas"));
+    assert!(one.is_some(), "{:?}", programmed(&c.api));
+    assert!(metric_opt(&b, "sluice_status_writes_total").unwrap_or(0.0) > 0.0);
+    let r = curl_retry(b.addr_of(SAME_NAMESPACE, 80), &Req::get("/"), WAIT);
+    assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v2-")), "{:?}", r.pod());
+}
+
+#[test]
+fn a_leader_stopping_gracefully_hands_over_at_once() {
+    let c = Cluster::new(&["httproute-simple-same-namespace"]);
+    // Leases of 30 s: without a release the follower would wait that long.
+    let mut a = c.sluice("sluice-a", true, &["--lease-duration", "30s"]);
+    let leads = |s: &Sluice| metric_opt(s, "sluice_leader") == Some(1.0);
+    assert!(wait_until(WAIT, || leads(&a).then_some(())).is_some(), "sluice-a never led");
+    let b = c.sluice("sluice-b", true, &["--lease-duration", "30s"]);
+    assert!(wait_until(WAIT, || c.api.get("Lease", "sluice-system", "sluice-replica-sluice-b")).is_some());
+    a.terminate();
+    assert!(a.wait_exit(WAIT).is_some_and(|s| s.success()), "sluice-a did not exit cleanly");
+    assert!(c.api.get("Lease", "sluice-system", "sluice-replica-sluice-a").is_none(), "replica Lease left behind");
+    // sluice-b renews every 10 s and takes the released Lease then.
+    assert!(wait_until(WAIT, || leads(&b).then_some(())).is_some(), "no takeover; b:\n{}", b.stderr());
+    let lease = c.api.get("Lease", "sluice-system", "sluice-leader").expect("leader Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "sluice-b");
+}
+
+#[test]
+fn objects_sluice_cannot_use_are_left_out_and_the_rest_still_applies() {
+    if !require_curl("objects_sluice_cannot_use_are_left_out_and_the_rest_still_applies") {
+        return;
+    }
+    let c = Cluster::new(&["httproute-simple-same-namespace"]);
+    // A rule with an invalid regex (Sluice cannot compile it) and a route
+    // Sluice cannot parse (a value its API version does not know).
+    let mut bad_regex = route(INFRA_NS, "bad-regex", "same-namespace", "/x", "infra-backend-v2");
+    bad_regex["spec"]["rules"][0]["matches"][0]["path"] = json!({"type": "RegularExpression", "value": "(["});
+    c.api.apply(&bad_regex);
+    let mut unparseable = route(INFRA_NS, "unparseable", "same-namespace", "/y", "infra-backend-v2");
+    unparseable["spec"]["rules"][0]["matches"][0]["path"]["type"] = json!("FuturePathType");
+    c.api.apply(&unparseable);
+    let s = c.sluice("sluice-a", true, &[]);
+    let addr = s.addr_of(SAME_NAMESPACE, 80);
+    assert!(curl_retry(addr, &Req::get("/"), WAIT).pod().is_some_and(|p| p.starts_with("infra-backend-v1-")));
+    let r = wait_object(&c.api, "HTTPRoute", INFRA_NS, "bad-regex", |o| parent(o, "same-namespace").is_some());
+    let pc = conditions(parent(&r, "same-namespace").and_then(|p| p.get("conditions")));
+    assert!(is(pc.get("Accepted"), "False", "UnsupportedValue"), "{pc:#?}");
+    let (_, diagnostics) = s.admin_get("/diagnostics").expect("/diagnostics");
+    assert!(diagnostics.contains("HTTPRoute gateway-conformance-infra/unparseable"), "{diagnostics}");
+    assert!(diagnostics.contains("FuturePathType"), "{diagnostics}");
+    // Later changes still apply.
+    c.api.apply(&route(INFRA_NS, "later", "same-namespace", "/later", "infra-backend-v3"));
+    let later = wait_until(WAIT, || pod_of(addr, "/later").filter(|p| p.starts_with("infra-backend-v3-")));
+    assert!(later.is_some(), "a valid change after invalid objects was not applied; stderr:\n{}", s.stderr());
 }

@@ -49,13 +49,29 @@ pub struct Leadership {
     pub replicas: Vec<Replica>,
 }
 
+/// Handle on the election task.
+pub struct Handle {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Stops: a leader releases its Lease (another replica takes over at
+    /// once instead of after it expires) and the replica Lease is deleted
+    /// (Programmed no longer waits for this replica).
+    pub async fn release(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
 /// Starts the election and replica-report task.
 pub fn start(
     client: &kube::Client,
     args: &KubeArgs,
     registry: &Registry,
     applied: chan::Receiver<Option<Applied>>,
-) -> anyhow::Result<chan::Receiver<Leadership>> {
+) -> anyhow::Result<(chan::Receiver<Leadership>, Handle)> {
     let gauge = IntGauge::new("sluice_leader", "1 while this replica holds the leader Lease (and writes status).")?;
     registry.register(Box::new(gauge.clone()))?;
     let ns = args.lease_namespace();
@@ -70,8 +86,9 @@ pub fn start(
     };
     tracing::info!(pod = %elector.pod, namespace = %ns, lease = %elector.lease, "Leader election");
     let (tx, rx) = chan::channel(Leadership::default());
-    tokio::spawn(elector.run(tx, applied, gauge));
-    Ok(rx)
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(elector.run(tx, applied, gauge, stopped));
+    Ok((rx, Handle { stop, task }))
 }
 
 struct Elector {
@@ -105,6 +122,7 @@ impl Elector {
         tx: chan::Sender<Leadership>,
         mut applied: chan::Receiver<Option<Applied>>,
         gauge: IntGauge,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         let period = (self.duration / 3).max(Duration::from_millis(100));
         let mut tick = tokio::time::interval(period);
@@ -113,6 +131,11 @@ impl Elector {
             tokio::select! {
                 _ = tick.tick() => {}
                 r = applied.changed() => if r.is_err() { return },
+                _ = &mut stop => {
+                    self.release().await;
+                    gauge.set(0);
+                    return;
+                }
             }
             let current = applied.borrow().clone();
             if let Some(a) = &current
@@ -195,6 +218,26 @@ impl Elector {
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Gives up leadership and the replica Lease (shutdown).
+    async fn release(&mut self) {
+        let name = format!("{REPLICA_PREFIX}{}", self.pod);
+        if let Err(e) = self.api.delete(&name, &Default::default()).await {
+            tracing::debug!(error = %e, "Cannot delete the replica Lease");
+        }
+        if self.leader_since.take().is_none() {
+            return;
+        }
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.lease).await else { return };
+        let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(&self.pod)) else {
+            return;
+        };
+        spec.holder_identity = None;
+        match self.api.replace(&self.lease, &PostParams::default(), &lease).await {
+            Ok(_) => tracing::info!(pod = %self.pod, "Released the leader Lease"),
+            Err(e) => tracing::warn!(error = %e, "Cannot release the leader Lease"),
         }
     }
 

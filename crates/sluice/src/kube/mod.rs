@@ -123,7 +123,7 @@ pub async fn run(
     let mut caches = watch::Caches::start(&client, &args.watch_namespaces, &tx);
     tracing::info!(streams = caches.streams.len(), "Watching the Kubernetes API");
     let (applied_tx, applied_rx) = chan::channel(None::<Applied>);
-    let leader = lease::start(&client, args, registry, applied_rx.clone())?;
+    let (leader, election) = lease::start(&client, args, registry, applied_rx.clone())?;
     let status =
         status::Writer::start(&client, args, controller.options(), registry, applied_rx, leader, caches.readers())?;
 
@@ -174,5 +174,6 @@ pub async fn run(
         }
     }
     status.stop();
+    election.release().await;
     Ok(ExitCode::SUCCESS)
 }
