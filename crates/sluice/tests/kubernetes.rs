@@ -467,6 +467,9 @@ fn status_follows_spec_changes_with_the_new_observed_generation() {
     });
     let mut changed = r.clone();
     changed["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("infra-backend-v2");
+    // Another writer races Sluice: its next status patches conflict, and it
+    // retries (with backoff) until one lands.
+    c.api.conflict_next_status_patches(2);
     c.api.apply(&changed);
     let r = wait_object(&c.api, "HTTPRoute", INFRA_NS, "observed-generation-bump", |o| {
         o["metadata"]["generation"] == 2 && parent(o, "same-namespace").is_some() && all_current(o)
@@ -476,6 +479,7 @@ fn status_follows_spec_changes_with_the_new_observed_generation() {
         is(pc.get("Accepted"), "True", "Accepted") && is(pc.get("ResolvedRefs"), "True", "ResolvedRefs"),
         "{pc:#?}"
     );
+    assert_eq!(metric_opt(&s, "sluice_status_writes_total{result=\"conflict\"}"), Some(2.0));
 
     // GatewayModifyListeners: add an HTTP listener; it is accepted, the
     // route attaches, traffic flows.

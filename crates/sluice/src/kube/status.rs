@@ -114,6 +114,7 @@ impl Writer {
             readers,
             sent: HashMap::new(),
             pending: HashMap::new(),
+            backoff: HashMap::new(),
             interval: Duration::from_secs_f64(1.0 / f64::from(args.status_qps.max(1))),
             writes,
             lagging,
@@ -149,6 +150,8 @@ struct State {
     sent: HashMap<Key, (Value, String)>,
     /// Gateway generations waiting for replicas, and since when.
     pending: HashMap<String, (i64, Instant)>,
+    /// Objects whose last write failed: failures in a row, and when to retry.
+    backoff: HashMap<Key, (u32, Instant)>,
     interval: Duration,
     writes: IntCounterVec,
     lagging: IntGauge,
@@ -182,6 +185,7 @@ impl State {
             if !lead.leader {
                 self.sent.clear();
                 self.pending.clear();
+                self.backoff.clear();
                 self.lagging.set(0);
                 self.lag_seconds.set(0.0);
                 continue;
@@ -205,6 +209,9 @@ impl State {
         }
         if self.sent.get(&d.key).is_some_and(|(v, at)| *v == d.status && *at == rv) {
             return; // written; the watch has not delivered it yet
+        }
+        if self.backoff.get(&d.key).is_some_and(|(_, until)| Instant::now() < *until) {
+            return;
         }
         let Some(k) = Readers::kind(kind) else { return };
         let ar = k.resource();
@@ -234,6 +241,14 @@ impl State {
             }
         };
         self.writes.with_label_values(&[label]).inc();
+        if label == "ok" || label == "not_found" {
+            self.backoff.remove(&d.key);
+        } else {
+            // Retried from the refreshed cache after 100 ms, 200 ms, ... 10 s.
+            let failures = self.backoff.get(&d.key).map_or(0, |(n, _)| *n) + 1;
+            let wait = Duration::from_millis(100u64 << failures.min(7)).min(Duration::from_secs(10));
+            self.backoff.insert(d.key.clone(), (failures, Instant::now() + wait));
+        }
         tokio::time::sleep(self.interval).await;
     }
 

@@ -50,7 +50,7 @@ pub const KINDS: &[Kind] = &[
     kind(GW, "v1", "GatewayClass", "gatewayclasses", false),
     kind(GW, "v1", "Gateway", "gateways", true),
     kind(GW, "v1", "HTTPRoute", "httproutes", true),
-    kind(GW, "v1beta1", "ReferenceGrant", "referencegrants", true),
+    kind(GW, "v1", "ReferenceGrant", "referencegrants", true),
     kind("networking.k8s.io", "v1", "Ingress", "ingresses", true),
     kind("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false),
     kind("", "v1", "Service", "services", true),

@@ -57,6 +57,8 @@ struct Db {
     /// Every request, `METHOD path?query`.
     requests: Vec<String>,
     uid: u64,
+    /// The next this many `/status` patches fail with 409 Conflict.
+    conflicts: u32,
 }
 
 struct Shared {
@@ -80,7 +82,7 @@ pub fn resource_of(kind: &str) -> Option<(&'static str, &'static str, bool)> {
         "GatewayClass" => ("gateway.networking.k8s.io/v1", "gatewayclasses", false),
         "Gateway" => ("gateway.networking.k8s.io/v1", "gateways", true),
         "HTTPRoute" => ("gateway.networking.k8s.io/v1", "httproutes", true),
-        "ReferenceGrant" => ("gateway.networking.k8s.io/v1beta1", "referencegrants", true),
+        "ReferenceGrant" => ("gateway.networking.k8s.io/v1", "referencegrants", true),
         "Ingress" => ("networking.k8s.io/v1", "ingresses", true),
         "IngressClass" => ("networking.k8s.io/v1", "ingressclasses", false),
         "Service" => ("v1", "services", true),
@@ -93,6 +95,32 @@ pub fn resource_of(kind: &str) -> Option<(&'static str, &'static str, bool)> {
     })
 }
 
+/// Whether `group/version` serves `plural` (as the v1.6.1 CRDs and
+/// Kubernetes 1.36 do): a client asking for another version gets 404.
+fn served(group: &str, version: &str, plural: &str) -> bool {
+    let Some(kind) = KINDS.iter().find(|k| res_of(k).is_some_and(|((g, p), _)| g == group && p == plural)) else {
+        return false;
+    };
+    let api = resource_of(kind).map_or("", |r| r.0);
+    let v = api.rsplit_once('/').map_or(api, |(_, v)| v);
+    v == version || (*kind == "ReferenceGrant" && version == "v1beta1")
+}
+
+const KINDS: &[&str] = &[
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "Ingress",
+    "IngressClass",
+    "Service",
+    "EndpointSlice",
+    "Namespace",
+    "Secret",
+    "ConfigMap",
+    "Lease",
+];
+
 fn res_of(kind: &str) -> Option<(Res, bool)> {
     let (api, plural, namespaced) = resource_of(kind)?;
     let group = api.rsplit_once('/').map_or("", |(g, _)| g);
@@ -100,23 +128,7 @@ fn res_of(kind: &str) -> Option<(Res, bool)> {
 }
 
 fn kind_of(res: &Res) -> &'static str {
-    [
-        "GatewayClass",
-        "Gateway",
-        "HTTPRoute",
-        "ReferenceGrant",
-        "Ingress",
-        "IngressClass",
-        "Service",
-        "EndpointSlice",
-        "Namespace",
-        "Secret",
-        "ConfigMap",
-        "Lease",
-    ]
-    .into_iter()
-    .find(|k| res_of(k).is_some_and(|(r, _)| &r == res))
-    .unwrap_or("Unknown")
+    KINDS.iter().copied().find(|k| res_of(k).is_some_and(|(r, _)| &r == res)).unwrap_or("Unknown")
 }
 
 fn now_rfc3339() -> String {
@@ -284,9 +296,9 @@ struct Target {
 
 fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest) = match segs.as_slice() {
-        ["api", _v, rest @ ..] => ("", rest),
-        ["apis", g, _v, rest @ ..] => (*g, rest),
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -299,6 +311,9 @@ fn parse_path(path: &str) -> Option<Target> {
         [p, n, s] => (*p, Some(n.to_string()), Some(*s)),
         _ => return None,
     };
+    if !served(group, version, plural) {
+        return None;
+    }
     Some(Target { res: (group.to_string(), plural.to_string()), namespace, name, status: sub == Some("status") })
 }
 
@@ -463,6 +478,10 @@ fn patch(shared: &Shared, t: &Target, body: &[u8], content_type: &str) -> Result
         .cloned()
         .ok_or_else(|| Status::new(404, "NotFound", format!("{} {:?} not found", t.res.1, id_of(t))))?;
     check_precondition(&current, &p)?;
+    if t.status && db.conflicts > 0 {
+        db.conflicts -= 1;
+        return Err(Status::new(409, "Conflict", "the object has been modified (injected)"));
+    }
     let mut obj = current.clone();
     if t.status {
         let mut status = obj.get("status").cloned().unwrap_or(json!({}));
@@ -677,6 +696,11 @@ impl ApiServer {
         if unavailable {
             self.drop_watches();
         }
+    }
+
+    /// Makes the next `n` status patches fail with 409 Conflict.
+    pub fn conflict_next_status_patches(&self, n: u32) {
+        self.shared.db.lock().expect("db").conflicts = n;
     }
 
     /// Requests received so far (`METHOD path?query`).
