@@ -89,6 +89,9 @@ impl KubeArgs {
     }
 }
 
+/// Longest a change waits for the watch events to quiet down.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
 /// The last table applied in Kubernetes mode, for the status writer and
 /// the replica report.
 #[derive(Clone, Debug, Default)]
@@ -131,7 +134,12 @@ pub async fn run(
     let mut last_event = Instant::now();
     let mut ready = false;
     loop {
-        let wait = args.debounce.saturating_sub(last_event.elapsed());
+        // Quiet for `debounce`, but never later than MAX_DELAY after the
+        // first change (constant endpoint churn must not starve reloads).
+        let wait = args
+            .debounce
+            .saturating_sub(last_event.elapsed())
+            .min(dirty_since.map_or(MAX_DELAY, |t| MAX_DELAY.saturating_sub(t.elapsed())));
         tokio::select! {
             Some(ev) = rx.recv() => {
                 if let watch::WatchEvent::Failed { .. } = ev {

@@ -86,7 +86,7 @@ pub enum WatchEvent {
     /// The (re-)list finished: the stream's cache is complete.
     Synced(usize),
     /// An object was added, changed or deleted.
-    Changed,
+    Changed(usize),
     /// The watch failed (it is retried with backoff). `relist`: the
     /// watcher must list again (410 Gone, failed list), so the stream's cache
     /// is stale until it has.
@@ -103,6 +103,9 @@ pub struct Stream {
     pub store: Store<DynamicObject>,
     /// Whether the cache holds a complete list (false during a re-list).
     pub synced: bool,
+    /// The cache as translation input, until it changes: an EndpointSlice
+    /// event re-converts only EndpointSlices.
+    converted: Option<(Objects, Report)>,
 }
 
 /// The caches of every watched kind.
@@ -145,7 +148,7 @@ impl Caches {
                             Ok(Event::Init) => WatchEvent::Relisting(index),
                             Ok(Event::InitApply(_)) => continue,
                             Ok(Event::InitDone) => WatchEvent::Synced(index),
-                            Ok(Event::Apply(_) | Event::Delete(_)) => WatchEvent::Changed,
+                            Ok(Event::Apply(_) | Event::Delete(_)) => WatchEvent::Changed(index),
                             Err(e) => {
                                 tracing::warn!(watch = %what, error = %e, "Watch failed; retrying");
                                 let relist = match &e {
@@ -161,7 +164,7 @@ impl Caches {
                         }
                     }
                 });
-                streams.push(Stream { kind: k, namespace: ns, store, synced: false });
+                streams.push(Stream { kind: k, namespace: ns, store, synced: false, converted: None });
             }
         }
         Self { streams }
@@ -177,10 +180,16 @@ impl Caches {
             WatchEvent::Synced(i) => {
                 if let Some(s) = self.streams.get_mut(i) {
                     s.synced = true;
+                    s.converted = None;
                 }
                 true
             }
-            WatchEvent::Changed => true,
+            WatchEvent::Changed(i) => {
+                if let Some(s) = self.streams.get_mut(i) {
+                    s.converted = None;
+                }
+                true
+            }
             WatchEvent::Failed { stream, relist } => {
                 if relist {
                     self.unsync(stream);
@@ -211,17 +220,24 @@ impl Caches {
     /// The objects of every cache, as translation input (status and
     /// bookkeeping metadata stripped, so a status write never recompiles),
     /// in a stable order.
-    pub fn objects(&self) -> (Objects, Report) {
+    pub fn objects(&mut self) -> (Objects, Report) {
         let mut objects = Objects::default();
         let mut report = Report::default();
-        for s in &self.streams {
-            let mut items = s.store.state();
-            items.sort_by(|a, b| {
-                (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+        for s in &mut self.streams {
+            let (o, r) = s.converted.get_or_insert_with(|| {
+                let mut items = s.store.state();
+                items.sort_by(|a, b| {
+                    (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+                });
+                let mut o = Objects::default();
+                let mut r = Report::default();
+                for obj in items {
+                    o.add_value(translation_input(s.kind, &obj), "kubernetes", &mut r);
+                }
+                (o, r)
             });
-            for obj in items {
-                objects.add_value(translation_input(s.kind, &obj), "kubernetes", &mut report);
-            }
+            objects.extend_from(o);
+            report.diagnostics.extend(r.diagnostics.iter().cloned());
         }
         (objects, report)
     }
