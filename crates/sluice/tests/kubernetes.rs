@@ -590,6 +590,25 @@ fn the_leader_writes_status_once_every_replica_applied_and_hands_over_when_its_l
     assert!(metric_opt(&b, "sluice_status_writes_total").unwrap_or(0.0) > 0.0);
     let r = curl_retry(b.addr_of(SAME_NAMESPACE, 80), &Req::get("/"), WAIT);
     assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v2-")), "{:?}", r.pod());
+
+    // Sluice used only what its RBAC grants (deploy/): reads everywhere,
+    // patches on status subresources, and Lease writes.
+    for r in c.api.requests() {
+        let (method, path) = r.split_once(' ').unwrap_or_default();
+        let path = path.split('?').next().unwrap_or_default();
+        let ok = match method {
+            "GET" => true,
+            "PATCH" => {
+                path.contains("/leases/")
+                    || ["gatewayclasses", "gateways", "httproutes", "ingresses"]
+                        .iter()
+                        .any(|k| path.contains(&format!("/{k}/")) && path.ends_with("/status"))
+            }
+            "POST" | "PUT" => path.contains("/namespaces/sluice-system/leases"),
+            _ => false,
+        };
+        assert!(ok, "request outside the agreed RBAC: {r}");
+    }
 }
 
 #[test]
@@ -603,7 +622,9 @@ fn a_leader_stopping_gracefully_hands_over_at_once() {
     assert!(wait_until(WAIT, || c.api.get("Lease", "sluice-system", "sluice-replica-sluice-b")).is_some());
     a.terminate();
     assert!(a.wait_exit(WAIT).is_some_and(|s| s.success()), "sluice-a did not exit cleanly");
-    assert!(c.api.get("Lease", "sluice-system", "sluice-replica-sluice-a").is_none(), "replica Lease left behind");
+    let replica = c.api.get("Lease", "sluice-system", "sluice-replica-sluice-a").expect("replica Lease");
+    assert!(replica.pointer("/spec/holderIdentity").is_none(), "replica Lease still held: {replica:#}");
+    assert!(!c.api.requests().iter().any(|r| r.starts_with("DELETE ")), "Sluice needs no delete verb");
     // sluice-b renews every 10 s and takes the released Lease then.
     assert!(wait_until(WAIT, || leads(&b).then_some(())).is_some(), "no takeover; b:\n{}", b.stderr());
     let lease = c.api.get("Lease", "sluice-system", "sluice-leader").expect("leader Lease");

@@ -57,8 +57,9 @@ pub struct Handle {
 
 impl Handle {
     /// Stops: a leader releases its Lease (another replica takes over at
-    /// once instead of after it expires) and the replica Lease is deleted
-    /// (Programmed no longer waits for this replica).
+    /// once instead of after it expires) and the replica Lease loses its
+    /// holder (Programmed no longer waits for this replica). Only the
+    /// agreed Lease verbs are needed (no delete).
     pub async fn release(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
@@ -224,8 +225,9 @@ impl Elector {
     /// Gives up leadership and the replica Lease (shutdown).
     async fn release(&mut self) {
         let name = format!("{REPLICA_PREFIX}{}", self.pod);
-        if let Err(e) = self.api.delete(&name, &Default::default()).await {
-            tracing::debug!(error = %e, "Cannot delete the replica Lease");
+        let patch = serde_json::json!({"spec": {"holderIdentity": null}});
+        if let Err(e) = self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::debug!(error = %e, "Cannot release the replica Lease");
         }
         if self.leader_since.take().is_none() {
             return;
@@ -273,7 +275,8 @@ impl Elector {
         let mut out: Vec<Replica> = leases
             .items
             .iter()
-            .filter(|l| l.metadata.name.as_deref().is_some_and(|n| n.starts_with(REPLICA_PREFIX)) && fresh(l))
+            .filter(|l| l.metadata.name.as_deref().is_some_and(|n| n.starts_with(REPLICA_PREFIX)))
+            .filter(|l| fresh(l) && l.spec.as_ref().is_some_and(|s| s.holder_identity.is_some()))
             .map(|l| Replica {
                 pod: l.metadata.name.as_deref().unwrap_or_default()[REPLICA_PREFIX.len()..].to_string(),
                 gateways: l
