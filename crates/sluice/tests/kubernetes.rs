@@ -659,3 +659,40 @@ fn objects_sluice_cannot_use_are_left_out_and_the_rest_still_applies() {
     let later = wait_until(WAIT, || pod_of(addr, "/later").filter(|p| p.starts_with("infra-backend-v3-")));
     assert!(later.is_some(), "a valid change after invalid objects was not applied; stderr:\n{}", s.stderr());
 }
+
+#[test]
+fn watch_namespace_limits_what_is_read_and_served() {
+    if !require_curl("watch_namespace_limits_what_is_read_and_served") {
+        return;
+    }
+    let c = Cluster::new(&["httproute-simple-same-namespace"]);
+    c.api.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "sluice", "namespace": "sluice-system"},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}]}},
+    }));
+    // A route in a namespace Sluice does not watch, on a Gateway that
+    // allows all namespaces.
+    c.api.apply(&route("gateway-conformance-web-backend", "elsewhere", "all-namespaces", "/", "web-backend"));
+    let mut elsewhere = c.api.get("HTTPRoute", "gateway-conformance-web-backend", "elsewhere").expect("route");
+    elsewhere["spec"]["parentRefs"][0]["namespace"] = json!(INFRA_NS);
+    c.api.apply(&elsewhere);
+    let s = c.sluice("sluice-a", true, &["--watch-namespace", INFRA_NS, "--publish-service", "sluice-system/sluice"]);
+    let r = curl_retry(s.addr_of(SAME_NAMESPACE, 80), &Req::get("/"), WAIT);
+    assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v1-")), "{:?}", r.pod());
+    let all = s.addr_of("gateway-conformance-infra/all-namespaces", 80);
+    assert_eq!(curl(all, &Req::get("/")).map(|r| r.status).ok(), Some(404), "a route from an unwatched namespace");
+    // The publish Service is read although its namespace is not watched.
+    let gw = wait_object(&c.api, "Gateway", INFRA_NS, "same-namespace", |o| o.pointer("/status/addresses").is_some());
+    assert_eq!(gw.pointer("/status/addresses"), Some(&json!([{"type": "Hostname", "value": "lb.example.com"}])));
+    for r in c.api.requests().iter().filter(|r| r.contains("/httproutes") || r.contains("/services")) {
+        let scoped = r.contains(&format!("/namespaces/{INFRA_NS}/"))
+            || (r.contains("/services") && r.contains("/namespaces/sluice-system/"));
+        assert!(scoped, "request outside the watched namespaces: {r}");
+    }
+    // (Watching every namespace, the same route is served.)
+    let full = c.sluice("sluice-full", true, &[]);
+    let r = curl_retry(full.addr_of("gateway-conformance-infra/all-namespaces", 80), &Req::get("/"), WAIT);
+    assert!(r.pod().is_some_and(|p| p.starts_with("web-backend-")), "{:?}", r.pod());
+}

@@ -123,7 +123,8 @@ pub async fn run(
         IntCounter::new("sluice_watch_failures_total", "Kubernetes watch failures (retried, re-listing if needed).")?;
     registry.register(Box::new(failures.clone()))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut caches = watch::Caches::start(&client, &args.watch_namespaces, &tx);
+    let publish_ns = args.publish_service.as_deref().and_then(|p| p.split_once('/')).map(|(ns, _)| ns);
+    let mut caches = watch::Caches::start(&client, &args.watch_namespaces, publish_ns, &tx);
     tracing::info!(streams = caches.streams.len(), "Watching the Kubernetes API");
     let (applied_tx, applied_rx) = chan::channel(None::<Applied>);
     let (leader, election) = lease::start(&client, args, registry, applied_rx.clone())?;

@@ -116,12 +116,26 @@ pub struct Caches {
 
 impl Caches {
     /// Starts one reflector per kind (per namespace in `namespaces` for
-    /// namespaced kinds, when given), reporting to `tx`.
-    pub fn start(client: &kube::Client, namespaces: &[String], tx: &mpsc::UnboundedSender<WatchEvent>) -> Self {
+    /// namespaced kinds, when given; Services also in `publish_ns`, the
+    /// publish Service's namespace), reporting to `tx`.
+    pub fn start(
+        client: &kube::Client,
+        namespaces: &[String],
+        publish_ns: Option<&str>,
+        tx: &mpsc::UnboundedSender<WatchEvent>,
+    ) -> Self {
         let mut streams = Vec::new();
         for k in KINDS {
             let scopes: Vec<Option<String>> = if k.namespaced && !namespaces.is_empty() {
-                namespaces.iter().cloned().map(Some).collect()
+                let mut ns = namespaces.to_vec();
+                if k.kind == "Service"
+                    && let Some(p) = publish_ns
+                {
+                    ns.push(p.to_string());
+                }
+                ns.sort();
+                ns.dedup();
+                ns.into_iter().map(Some).collect()
             } else {
                 vec![None]
             };
