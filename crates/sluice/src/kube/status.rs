@@ -74,6 +74,9 @@ pub fn programmed_gateways(objects: &Objects, options: &Options) -> BTreeMap<Str
         .collect()
 }
 
+/// Longest the writer goes without comparing desired and actual status.
+const RESYNC: Duration = Duration::from_secs(10);
+
 /// Handle on the status-writer task.
 pub struct Writer {
     poke: Arc<Notify>,
@@ -175,11 +178,15 @@ impl State {
         poke: Arc<Notify>,
     ) {
         loop {
+            // Woken by changes (caches, applied table, leadership); otherwise
+            // when a backed-off write is due, and every RESYNC regardless.
+            let now = Instant::now();
+            let wake = self.backoff.values().map(|(_, t)| t.saturating_duration_since(now)).min().unwrap_or(RESYNC);
             tokio::select! {
                 () = poke.notified() => {}
                 r = applied.changed() => if r.is_err() { return },
                 r = leadership.changed() => if r.is_err() { return },
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(wake.min(RESYNC)) => {}
             }
             let lead = leadership.borrow().clone();
             if !lead.leader {
