@@ -218,27 +218,40 @@ impl Controller {
         result
     }
 
+    /// The endpoint fast path: the EndpointSlices are now `slices`, nothing
+    /// else changed (the caller knows); the compiled routes stay. Returns
+    /// false when there is no table yet.
+    pub(crate) fn swap_endpoints(
+        &mut self,
+        slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        since: Instant,
+    ) -> bool {
+        if self.generation == 0 {
+            return false;
+        }
+        let started = Instant::now();
+        self.objects.endpoint_slices = slices;
+        let current = self.snapshot.load_full();
+        let eps = endpoints::build(current.routes.services(), &self.objects);
+        self.snapshot.store(Arc::new(Snapshot { routes: current.routes.clone(), endpoints: Arc::new(eps) }));
+        self.metrics.endpoint_updates.inc();
+        self.metrics.apply_seconds.observe(since.elapsed().as_secs_f64());
+        tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "Endpoints updated");
+        true
+    }
+
     fn try_swap(&mut self, objects: Objects, mut report: Report, since: Instant) -> Result<bool, Report> {
         let started = Instant::now();
         if self.strict && report.has_errors() {
             return Err(report);
         }
-        if self.generation > 0
-            && objects.same_except_endpoints(&self.objects)
-            && objects.endpoint_slices == self.objects.endpoint_slices
-        {
-            // Nothing Sluice uses changed (e.g. only a status).
-            return Ok(false);
-        }
         if self.generation > 0 && objects.same_except_endpoints(&self.objects) {
+            if objects.endpoint_slices == self.objects.endpoint_slices {
+                // Nothing Sluice uses changed (e.g. only a status).
+                return Ok(false);
+            }
             // Fast path: only endpoints changed; keep the compiled routes.
-            let current = self.snapshot.load_full();
-            let eps = endpoints::build(current.routes.services(), &objects);
-            self.snapshot.store(Arc::new(Snapshot { routes: current.routes.clone(), endpoints: Arc::new(eps) }));
-            self.objects = objects;
-            self.metrics.endpoint_updates.inc();
-            self.metrics.apply_seconds.observe(since.elapsed().as_secs_f64());
-            tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "Endpoints updated");
+            self.swap_endpoints(objects.endpoint_slices, since);
             return Ok(false);
         }
         let t = translate(&objects, &self.options);

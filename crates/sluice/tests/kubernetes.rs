@@ -205,6 +205,15 @@ fn an_endpoint_change_propagates_without_recompiling_routes() {
     assert!(metric(&s, "sluice_endpoint_updates_total") > updates);
     assert_eq!(metric(&s, "sluice_config_applies_total"), applies, "an endpoint change recompiled routes");
     assert_eq!(s.config_dump().0, generation);
+
+    // A later route change recompiles, with the moved endpoints.
+    let mut r = c.api.get("HTTPRoute", INFRA_NS, "gateway-conformance-infra-test").expect("route");
+    r["spec"]["rules"][0]["matches"] = json!([{"path": {"type": "PathPrefix", "value": "/only"}}]);
+    c.api.apply(&r);
+    let recompiled = wait_until(WAIT, || (s.config_dump().0 > generation).then_some(()));
+    assert!(recompiled.is_some(), "a route change must recompile");
+    let r = curl_retry(addr, &Req::get("/only"), WAIT);
+    assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v2-")), "{:?}", r.pod());
 }
 
 // ---------------------------------------------------------------------------

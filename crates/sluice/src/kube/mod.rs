@@ -154,6 +154,11 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait), if dirty_since.is_some() && caches.synced() => {
                 let since = dirty_since.take().unwrap_or_else(Instant::now);
+                if ready && caches.only_endpoints_changed() {
+                    // The fast path without re-reading anything else.
+                    controller.swap_endpoints(caches.endpoint_slices(), since);
+                    continue;
+                }
                 let (objects, report) = caches.objects();
                 let gateways = status::programmed_gateways(&objects, controller.options());
                 match controller.apply(objects, report, since).await {

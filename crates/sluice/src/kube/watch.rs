@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -238,22 +239,29 @@ impl Caches {
         let mut objects = Objects::default();
         let mut report = Report::default();
         for s in &mut self.streams {
-            let (o, r) = s.converted.get_or_insert_with(|| {
-                let mut items = s.store.state();
-                items.sort_by(|a, b| {
-                    (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-                });
-                let mut o = Objects::default();
-                let mut r = Report::default();
-                for obj in items {
-                    o.add_value(translation_input(s.kind, &obj), "kubernetes", &mut r);
-                }
-                (o, r)
-            });
+            let (o, r) = s.converted.get_or_insert_with(|| convert(s.kind, &s.store));
             objects.extend_from(o);
             report.diagnostics.extend(r.diagnostics.iter().cloned());
         }
         (objects, report)
+    }
+
+    /// Whether every change since the last [`Caches::objects`] is in
+    /// EndpointSlices (the endpoint fast path applies).
+    pub fn only_endpoints_changed(&self) -> bool {
+        let mut stale = self.streams.iter().filter(|s| s.converted.is_none()).peekable();
+        stale.peek().is_some() && stale.all(|s| s.kind.kind == "EndpointSlice")
+    }
+
+    /// Every cached EndpointSlice, converting only changed caches; the rest
+    /// of the input is left as it was.
+    pub fn endpoint_slices(&mut self) -> Vec<EndpointSlice> {
+        let mut out = Vec::new();
+        for s in self.streams.iter_mut().filter(|s| s.kind.kind == "EndpointSlice") {
+            let (o, _) = s.converted.get_or_insert_with(|| convert(s.kind, &s.store));
+            out.extend_from_slice(&o.endpoint_slices);
+        }
+        out
     }
 
     /// Read handles on the caches (for the status writer).
@@ -285,6 +293,18 @@ impl Readers {
     pub fn kind(kind: &str) -> Option<&'static Kind> {
         KINDS.iter().find(|k| k.kind == kind)
     }
+}
+
+/// A cache as translation input, in a stable order.
+fn convert(kind: &Kind, store: &Store<DynamicObject>) -> (Objects, Report) {
+    let mut items = store.state();
+    items.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    let mut o = Objects::default();
+    let mut r = Report::default();
+    for obj in items {
+        o.add_value(translation_input(kind, &obj), "kubernetes", &mut r);
+    }
+    (o, r)
 }
 
 /// An object as JSON for [`Objects::add_value`]: `apiVersion`/`kind` set
