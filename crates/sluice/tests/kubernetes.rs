@@ -128,6 +128,19 @@ fn readyz_waits_for_the_first_sync_then_routes_are_served() {
 }
 
 #[test]
+fn a_kind_whose_crd_is_missing_does_not_block_readiness() {
+    if !require_curl("a_kind_whose_crd_is_missing_does_not_block_readiness") {
+        return;
+    }
+    let c = Cluster::new(&["httproute-simple-same-namespace"]);
+    c.api.uninstall("referencegrants");
+    let s = c.sluice("sluice-a", true, &[]);
+    let r = curl_retry(s.addr_of(SAME_NAMESPACE, 80), &Req::get("/"), WAIT);
+    assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v1-")), "{:?}", r.pod());
+    assert!(s.stderr().contains("Kind not served"), "stderr:\n{}", s.stderr());
+}
+
+#[test]
 fn a_broken_watch_relists_without_losing_changes_and_serves_the_last_table_meanwhile() {
     if !require_curl("a_broken_watch_relists_without_losing_changes_and_serves_the_last_table_meanwhile") {
         return;

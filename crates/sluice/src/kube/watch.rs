@@ -88,6 +88,9 @@ pub enum WatchEvent {
     Synced(usize),
     /// An object was added, changed or deleted.
     Changed(usize),
+    /// The kind is not served (its CRD is not installed): it counts as
+    /// synced and empty, and the watch keeps retrying.
+    Missing(usize),
     /// The watch failed (it is retried with backoff). `relist`: the
     /// watcher must list again (410 Gone, failed list), so the stream's cache
     /// is stale until it has.
@@ -164,6 +167,9 @@ impl Caches {
                             Ok(Event::InitApply(_)) => continue,
                             Ok(Event::InitDone) => WatchEvent::Synced(index),
                             Ok(Event::Apply(_) | Event::Delete(_)) => WatchEvent::Changed(index),
+                            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                                WatchEvent::Missing(index)
+                            }
                             Err(e) => {
                                 tracing::warn!(watch = %what, error = %e, "Watch failed; retrying");
                                 let relist = match &e {
@@ -197,6 +203,20 @@ impl Caches {
                     s.synced = true;
                     s.converted = None;
                 }
+                true
+            }
+            WatchEvent::Missing(i) => {
+                let Some(s) = self.streams.get_mut(i) else { return false };
+                if s.synced || !s.store.is_empty() {
+                    return false;
+                }
+                tracing::warn!(
+                    kind = s.kind.kind,
+                    api_version = s.kind.api_version(),
+                    "Kind not served by the API server (CRD not installed?); treated as empty, retrying"
+                );
+                s.synced = true;
+                s.converted = None;
                 true
             }
             WatchEvent::Changed(i) => {

@@ -59,6 +59,8 @@ struct Db {
     uid: u64,
     /// The next this many `/status` patches fail with 409 Conflict.
     conflicts: u32,
+    /// Resources (plurals) not served, as if their CRD were not installed.
+    uninstalled: Vec<String>,
 }
 
 struct Shared {
@@ -362,8 +364,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             return respond(503, &Status::new(503, "ServiceUnavailable", "unavailable (test)").json());
         }
     }
-    let Some(t) = parse_path(&path) else {
-        return respond(404, &Status::new(404, "NotFound", format!("no route {path}")).json());
+    let uninstalled = shared.db.lock().expect("db").uninstalled.clone();
+    let Some(t) = parse_path(&path).filter(|t| !uninstalled.contains(&t.res.1)) else {
+        return respond(
+            404,
+            &Status::new(404, "NotFound", format!("the server could not find the requested resource ({path})")).json(),
+        );
     };
     let result = match (&method, &t.name) {
         (&Method::GET, None) if matches!(query(&q, "watch").as_deref(), Some("true" | "1")) => {
@@ -696,6 +702,11 @@ impl ApiServer {
         if unavailable {
             self.drop_watches();
         }
+    }
+
+    /// Stops serving a resource (`plural`), as if its CRD were not installed.
+    pub fn uninstall(&self, plural: &str) {
+        self.shared.db.lock().expect("db").uninstalled.push(plural.to_string());
     }
 
     /// Makes the next `n` status patches fail with 409 Conflict.
