@@ -84,6 +84,8 @@ pub fn start(
         duration: args.lease_duration,
         leader_since: None,
         last_renew: None,
+        observed: None,
+        replicas_seen: std::collections::HashMap::new(),
     };
     tracing::info!(pod = %elector.pod, namespace = %ns, lease = %elector.lease, "Leader election");
     let (tx, rx) = chan::channel(Leadership::default());
@@ -99,6 +101,13 @@ struct Elector {
     duration: Duration,
     leader_since: Option<Instant>,
     last_renew: Option<Instant>,
+    /// The leader Lease's resourceVersion and when it was first seen:
+    /// expiry is judged by this replica's clock (how long the record has
+    /// not changed), not by comparing another node's `renewTime` with ours.
+    observed: Option<(String, Instant)>,
+    /// The same per replica Lease: (resourceVersion, first seen, whether
+    /// its renewTime looked fresh then).
+    replicas_seen: std::collections::HashMap<String, (String, Instant, bool)>,
 }
 
 fn now() -> MicroTime {
@@ -201,9 +210,19 @@ impl Elector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().unwrap_or_default();
         let transitions = spec.lease_transitions.unwrap_or(0);
+        let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+        let unchanged_for = match &self.observed {
+            Some((seen, at)) if *seen == rv => at.elapsed(),
+            _ => {
+                self.observed = Some((rv, Instant::now()));
+                Duration::ZERO
+            }
+        };
+        let lease_for =
+            spec.lease_duration_seconds.map_or(self.duration, |s| Duration::from_secs(s.max(1).unsigned_abs().into()));
         let new_spec = if holder == self.pod {
             mine(transitions, spec.acquire_time.clone())
-        } else if holder.is_empty() || !fresh(&lease) {
+        } else if holder.is_empty() || unchanged_for >= lease_for {
             tracing::info!(previous = holder, "Leader Lease expired; taking over");
             mine(transitions + 1, None)
         } else {
@@ -269,14 +288,40 @@ impl Elector {
         }
     }
 
-    /// Live replicas from their Leases.
-    async fn replicas(&self) -> kube::Result<Vec<Replica>> {
+    /// Live replicas from their Leases: held, and renewed within their
+    /// duration as this replica's clock sees it (a Lease seen for the first
+    /// time counts when its `renewTime` looks fresh).
+    async fn replicas(&mut self) -> kube::Result<Vec<Replica>> {
         let leases = self.api.list(&ListParams::default()).await?;
-        let mut out: Vec<Replica> = leases
+        let leases: Vec<&Lease> = leases
             .items
             .iter()
             .filter(|l| l.metadata.name.as_deref().is_some_and(|n| n.starts_with(REPLICA_PREFIX)))
-            .filter(|l| fresh(l) && l.spec.as_ref().is_some_and(|s| s.holder_identity.is_some()))
+            .collect();
+        let now = Instant::now();
+        let mut seen = std::collections::HashMap::new();
+        let mut live = Vec::new();
+        for l in leases {
+            let name = l.metadata.name.clone().unwrap_or_default();
+            let rv = l.metadata.resource_version.clone().unwrap_or_default();
+            let entry = match self.replicas_seen.remove(&name) {
+                Some((r, at, first)) if r == rv => (r, at, first),
+                Some((_, _, _)) => (rv, now, true),
+                None => (rv, now, fresh(l)),
+            };
+            let duration = l
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_duration_seconds)
+                .map_or(self.duration, |s| Duration::from_secs(s.max(1).unsigned_abs().into()));
+            if entry.2 && entry.1.elapsed() < duration && l.spec.as_ref().is_some_and(|s| s.holder_identity.is_some()) {
+                live.push(l);
+            }
+            seen.insert(name, entry);
+        }
+        self.replicas_seen = seen;
+        let mut out: Vec<Replica> = live
+            .into_iter()
             .map(|l| Replica {
                 pod: l.metadata.name.as_deref().unwrap_or_default()[REPLICA_PREFIX.len()..].to_string(),
                 gateways: l
