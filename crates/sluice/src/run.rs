@@ -397,12 +397,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = match args.config.clone() {
         Some(config) => run_files(&mut controller, &config, admin_addr, shutdown.as_mut()).await?,
         None => {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: no Kubernetes API to talk to: {e}");
+                    eprintln!("sluice: run it in a cluster, set KUBECONFIG, or pass --config PATH (standalone mode)");
+                    return Ok(ExitCode::from(crate::EX_CONFIG));
+                }
+            };
             if let Some(addr) = admin_addr {
                 let bound = crate::admin::serve(addr, admin.clone())
                     .with_context(|| format!("binding the admin listener {addr}"))?;
                 println!("admin addr={bound}");
             }
-            crate::kube::run(&mut controller, &args.kube, &registry, shutdown.as_mut()).await?
+            crate::kube::run(client, &mut controller, &args.kube, &registry, shutdown.as_mut()).await?
         }
     };
     if code != ExitCode::SUCCESS {

@@ -718,3 +718,19 @@ fn watch_namespace_limits_what_is_read_and_served() {
     let r = curl_retry(full.addr_of("gateway-conformance-infra/all-namespaces", 80), &Req::get("/"), WAIT);
     assert!(r.pod().is_some_and(|p| p.starts_with("web-backend-")), "{:?}", r.pod());
 }
+
+#[test]
+fn without_config_or_cluster_sluice_explains_and_exits_78() {
+    let dir = TempDir::new("nokube");
+    let out = std::process::Command::new(support::SLUICE)
+        .args(["run", "--admin", "127.0.0.1:0"])
+        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("running sluice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("no Kubernetes API") && stderr.contains("--config"), "{stderr}");
+}

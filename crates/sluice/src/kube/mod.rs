@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use prometheus::{IntCounter, Registry};
 use tokio::sync::{mpsc, watch as chan};
 
@@ -106,6 +105,7 @@ pub struct Applied {
 
 /// Serves from the Kubernetes API until `shutdown`.
 pub async fn run(
+    client: kube::Client,
     controller: &mut Controller,
     args: &KubeArgs,
     registry: &Registry,
@@ -117,8 +117,6 @@ pub async fn run(
         eprintln!("sluice: --publish-service {p:?}: expected NAMESPACE/NAME");
         return Ok(ExitCode::from(crate::EX_USAGE));
     }
-    let client =
-        kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let failures =
         IntCounter::new("sluice_watch_failures_total", "Kubernetes watch failures (retried, re-listing if needed).")?;
     registry.register(Box::new(failures.clone()))?;
