@@ -29,10 +29,15 @@ struct Cluster {
 
 impl Cluster {
     fn new(manifests: &[&str]) -> Self {
+        Self::with(manifests, false)
+    }
+
+    /// Over HTTPS (`tls`), with a CA and a bearer token in the kubeconfig.
+    fn with(manifests: &[&str], tls: bool) -> Self {
         let dir = TempDir::new("kube");
         let log_dir = dir.subdir("logs");
         let (docs, echoes) = conformance_docs(manifests, &log_dir);
-        let api = ApiServer::start();
+        let api = if tls { ApiServer::start_tls() } else { ApiServer::start() };
         for d in &docs {
             api.apply(d);
         }
@@ -125,6 +130,21 @@ fn readyz_waits_for_the_first_sync_then_routes_are_served() {
     let reqs = c.api.requests();
     assert!(reqs.iter().any(|r| r.contains("/httproutes?") && r.contains("watch=true")), "{reqs:?}");
     assert!(reqs.iter().any(|r| r.contains("/secrets?") && r.contains("fieldSelector=type%3Dkubernetes.io%2Ftls")));
+}
+
+#[test]
+fn the_kube_client_speaks_tls_with_ring_and_sends_the_bearer_token() {
+    if !require_curl("the_kube_client_speaks_tls_with_ring_and_sends_the_bearer_token") {
+        return;
+    }
+    let c = Cluster::with(&["httproute-simple-same-namespace"], true);
+    assert!(c.api.url.starts_with("https://127.0.0.1:"));
+    let s = c.sluice("sluice-a", true, &[]);
+    let r = curl_retry(s.addr_of(SAME_NAMESPACE, 80), &Req::get("/"), WAIT);
+    assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v1-")), "{:?}", r.pod());
+    // Status and Leases go over the same client.
+    wait_object(&c.api, "GatewayClass", "", "sluice", all_current);
+    assert_eq!(c.api.authorizations(), vec![format!("Bearer {}", support::apiserver::TOKEN)]);
 }
 
 #[test]

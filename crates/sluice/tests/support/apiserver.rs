@@ -61,6 +61,8 @@ struct Db {
     conflicts: u32,
     /// Resources (plurals) not served, as if their CRD were not installed.
     uninstalled: Vec<String>,
+    /// Every distinct `Authorization` header seen ("" for none).
+    authorizations: std::collections::BTreeSet<String>,
 }
 
 struct Shared {
@@ -76,6 +78,8 @@ pub struct ApiServer {
     pub url: String,
     shared: Arc<Shared>,
     rt: Option<tokio::runtime::Runtime>,
+    /// The CA (its own self-signed certificate) when serving HTTPS.
+    ca_pem: Option<String>,
 }
 
 /// A kind the server knows: (apiVersion, plural, namespaced).
@@ -355,11 +359,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let q = req.uri().query().unwrap_or_default().to_string();
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let content_type = header("content-type");
+    let authorization = header("authorization");
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     {
         let mut db = shared.db.lock().expect("db");
         db.requests.push(format!("{method} {path}?{q}"));
+        db.authorizations.insert(authorization);
         if db.unavailable {
             return respond(503, &Status::new(503, "ServiceUnavailable", "unavailable (test)").json());
         }
@@ -606,8 +613,18 @@ fn watch_stream(shared: Arc<Shared>, t: &Target, q: &str) -> Response<Body> {
 }
 
 impl ApiServer {
-    /// Starts the server on 127.0.0.1 (a free port).
+    /// Starts the server on 127.0.0.1 (a free port), plain HTTP.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts the server over HTTPS, with a self-signed certificate for
+    /// 127.0.0.1 (as an API server's in-cluster address is an IP).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -619,29 +636,54 @@ impl ApiServer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap_or_else(|e| panic!("binding the api server: {e}"));
         let addr: SocketAddr = listener.local_addr().unwrap_or_else(|e| panic!("api server address: {e}"));
+        let (acceptor, ca_pem) = if tls {
+            let (acceptor, pem) = tls_acceptor();
+            (Some(acceptor), Some(pem))
+        } else {
+            (None, None)
+        };
         let s = shared.clone();
         rt.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let s = s.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(handle(s, req).await) }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(a) => {
+                            let Ok(stream) = a.accept(stream).await else { return };
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
-        Self { url: format!("http://{addr}"), shared, rt: Some(rt) }
+        let scheme = if tls { "https" } else { "http" };
+        Self { url: format!("{scheme}://{addr}"), shared, rt: Some(rt), ca_pem }
     }
 
-    /// Writes a kubeconfig for this server into `dir`.
+    /// Writes a kubeconfig for this server into `dir` (over HTTPS: with
+    /// its CA and a bearer token, as a service account would have).
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        use base64::Engine as _;
         let path = dir.join("kubeconfig");
+        let (ca, user) = match &self.ca_pem {
+            Some(pem) => (
+                format!("\n    certificate-authority-data: {}", base64::engine::general_purpose::STANDARD.encode(pem)),
+                format!("{{token: {TOKEN}}}"),
+            ),
+            None => (String::new(), "{}".to_string()),
+        };
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\ncurrent-context: fake\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}{ca}\nusers:\n- name: test\n  user: {user}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\ncurrent-context: fake\n",
             self.url
         );
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
@@ -714,10 +756,32 @@ impl ApiServer {
         self.shared.db.lock().expect("db").conflicts = n;
     }
 
+    /// Every distinct `Authorization` header received ("" for none).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.shared.db.lock().expect("db").authorizations.iter().cloned().collect()
+    }
+
     /// Requests received so far (`METHOD path?query`).
     pub fn requests(&self) -> Vec<String> {
         self.shared.db.lock().expect("db").requests.clone()
     }
+}
+
+/// The bearer token in the HTTPS kubeconfig.
+pub const TOKEN: &str = "sluice-test-token";
+
+/// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1 (ring
+/// only), and that certificate as PEM (the client's CA).
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    use tokio_rustls::rustls;
+    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .unwrap_or_else(|e| panic!("generating a certificate: {e}"));
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(signing_key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert.der().clone()], key.into()))
+        .unwrap_or_else(|e| panic!("TLS server config: {e}"));
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert.pem())
 }
 
 impl Drop for ApiServer {
