@@ -6,6 +6,7 @@
 //! code path the file source uses. Watching one more kind is one line in
 //! [`KINDS`] (plus its arm in `Objects::add_value`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -107,9 +108,19 @@ pub struct Stream {
     pub store: Store<DynamicObject>,
     /// Whether the cache holds a complete list (false during a re-list).
     pub synced: bool,
-    /// The cache as translation input, until it changes: an EndpointSlice
-    /// event re-converts only EndpointSlices.
-    converted: Option<(Objects, Report)>,
+    /// The cache changed since `typed` was refreshed.
+    dirty: bool,
+    /// Each object as translation input, by (namespace, name), with the
+    /// resourceVersion it was converted at: a change re-parses one object,
+    /// and an EndpointSlice event touches only EndpointSlices.
+    typed: BTreeMap<(Option<String>, String), Typed>,
+}
+
+/// One object converted for translation.
+struct Typed {
+    resource_version: Option<String>,
+    objects: Objects,
+    report: Report,
 }
 
 /// The caches of every watched kind.
@@ -185,7 +196,14 @@ impl Caches {
                         }
                     }
                 });
-                streams.push(Stream { kind: k, namespace: ns, store, synced: false, converted: None });
+                streams.push(Stream {
+                    kind: k,
+                    namespace: ns,
+                    store,
+                    synced: false,
+                    dirty: true,
+                    typed: BTreeMap::new(),
+                });
             }
         }
         Self { streams }
@@ -201,7 +219,7 @@ impl Caches {
             WatchEvent::Synced(i) => {
                 if let Some(s) = self.streams.get_mut(i) {
                     s.synced = true;
-                    s.converted = None;
+                    s.dirty = true;
                 }
                 true
             }
@@ -216,12 +234,12 @@ impl Caches {
                     "Kind not served by the API server (CRD not installed?); treated as empty, retrying"
                 );
                 s.synced = true;
-                s.converted = None;
+                s.dirty = true;
                 true
             }
             WatchEvent::Changed(i) => {
                 if let Some(s) = self.streams.get_mut(i) {
-                    s.converted = None;
+                    s.dirty = true;
                 }
                 true
             }
@@ -259,9 +277,11 @@ impl Caches {
         let mut objects = Objects::default();
         let mut report = Report::default();
         for s in &mut self.streams {
-            let (o, r) = s.converted.get_or_insert_with(|| convert(s.kind, &s.store));
-            objects.extend_from(o);
-            report.diagnostics.extend(r.diagnostics.iter().cloned());
+            s.refresh();
+            for t in s.typed.values() {
+                objects.extend_from(&t.objects);
+                report.diagnostics.extend(t.report.diagnostics.iter().cloned());
+            }
         }
         (objects, report)
     }
@@ -269,7 +289,7 @@ impl Caches {
     /// Whether every change since the last [`Caches::objects`] is in
     /// EndpointSlices (the endpoint fast path applies).
     pub fn only_endpoints_changed(&self) -> bool {
-        let mut stale = self.streams.iter().filter(|s| s.converted.is_none()).peekable();
+        let mut stale = self.streams.iter().filter(|s| s.dirty).peekable();
         stale.peek().is_some() && stale.all(|s| s.kind.kind == "EndpointSlice")
     }
 
@@ -278,8 +298,10 @@ impl Caches {
     pub fn endpoint_slices(&mut self) -> Vec<EndpointSlice> {
         let mut out = Vec::new();
         for s in self.streams.iter_mut().filter(|s| s.kind.kind == "EndpointSlice") {
-            let (o, _) = s.converted.get_or_insert_with(|| convert(s.kind, &s.store));
-            out.extend_from_slice(&o.endpoint_slices);
+            s.refresh();
+            for t in s.typed.values() {
+                out.extend_from_slice(&t.objects.endpoint_slices);
+            }
         }
         out
     }
@@ -315,16 +337,30 @@ impl Readers {
     }
 }
 
-/// A cache as translation input, in a stable order.
-fn convert(kind: &Kind, store: &Store<DynamicObject>) -> (Objects, Report) {
-    let mut items = store.state();
-    items.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
-    let mut o = Objects::default();
-    let mut r = Report::default();
-    for obj in items {
-        o.add_value(translation_input(kind, &obj), "kubernetes", &mut r);
+impl Stream {
+    /// Brings `typed` up to date with the cache: objects whose
+    /// resourceVersion is unchanged are not parsed again.
+    fn refresh(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let mut next = BTreeMap::new();
+        for obj in self.store.state() {
+            let key = (obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default());
+            let t = match self.typed.remove(&key) {
+                Some(t) if t.resource_version.is_some() && t.resource_version == obj.metadata.resource_version => t,
+                _ => {
+                    let mut objects = Objects::default();
+                    let mut report = Report::default();
+                    objects.add_value(translation_input(self.kind, &obj), "kubernetes", &mut report);
+                    Typed { resource_version: obj.metadata.resource_version.clone(), objects, report }
+                }
+            };
+            next.insert(key, t);
+        }
+        self.typed = next;
+        self.dirty = false;
     }
-    (o, r)
 }
 
 /// An object as JSON for [`Objects::add_value`]: `apiVersion`/`kind` set
