@@ -152,7 +152,11 @@ pub async fn run(
             }
             () = tokio::time::sleep(wait), if dirty_since.is_some() && caches.synced() => {
                 let since = dirty_since.take().unwrap_or_else(Instant::now);
-                if ready && caches.only_endpoints_changed() {
+                let changed = caches.refresh();
+                if ready && changed.is_empty() {
+                    continue; // only statuses or bookkeeping changed
+                }
+                if ready && changed.iter().all(|k| *k == "EndpointSlice") {
                     // The fast path without re-reading anything else.
                     controller.swap_endpoints(caches.endpoint_slices(), since);
                     continue;

@@ -286,11 +286,14 @@ impl Caches {
         (objects, report)
     }
 
-    /// Whether every change since the last [`Caches::objects`] is in
-    /// EndpointSlices (the endpoint fast path applies).
-    pub fn only_endpoints_changed(&self) -> bool {
-        let mut stale = self.streams.iter().filter(|s| s.dirty).peekable();
-        stale.peek().is_some() && stale.all(|s| s.kind.kind == "EndpointSlice")
+    /// Brings the translation input up to date with the caches; returns
+    /// the kinds whose input changed (none when only statuses or
+    /// bookkeeping did).
+    pub fn refresh(&mut self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> =
+            self.streams.iter_mut().filter_map(|s| s.refresh().then_some(s.kind.kind)).collect();
+        kinds.dedup();
+        kinds
     }
 
     /// Every cached EndpointSlice, converting only changed caches; the rest
@@ -340,26 +343,38 @@ impl Readers {
 impl Stream {
     /// Brings `typed` up to date with the cache: objects whose
     /// resourceVersion is unchanged are not parsed again.
-    fn refresh(&mut self) {
+    /// Returns whether the translation input changed (a status-only
+    /// change, say, does not).
+    fn refresh(&mut self) -> bool {
         if !self.dirty {
-            return;
+            return false;
         }
+        let mut changed = false;
         let mut next = BTreeMap::new();
         for obj in self.store.state() {
             let key = (obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default());
-            let t = match self.typed.remove(&key) {
+            let old = self.typed.remove(&key);
+            let t = match old {
                 Some(t) if t.resource_version.is_some() && t.resource_version == obj.metadata.resource_version => t,
                 _ => {
                     let mut objects = Objects::default();
                     let mut report = Report::default();
                     objects.add_value(translation_input(self.kind, &obj), "kubernetes", &mut report);
+                    changed |= old.is_none_or(|o| {
+                        !(o.objects.same_except_endpoints(&objects)
+                            && o.objects.endpoint_slices == objects.endpoint_slices
+                            && o.report.diagnostics == report.diagnostics)
+                    });
                     Typed { resource_version: obj.metadata.resource_version.clone(), objects, report }
                 }
             };
             next.insert(key, t);
         }
+        // Objects left in `typed` were deleted.
+        changed |= !self.typed.is_empty();
         self.typed = next;
         self.dirty = false;
+        changed
     }
 }
 
