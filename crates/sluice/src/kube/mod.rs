@@ -55,7 +55,8 @@ pub struct KubeArgs {
     /// replaced; a replica Lease this old no longer counts.
     #[arg(long, default_value = "15s", value_parser = crate::run::parse_duration)]
     pub lease_duration: Duration,
-    /// Quiet period after the last watch event before recompiling.
+    /// Batching window: a reload runs this long after the first watch event
+    /// it includes.
     #[arg(long, default_value = "50ms", value_parser = crate::run::parse_duration)]
     pub debounce: Duration,
     /// Most status writes per second.
@@ -87,9 +88,6 @@ impl KubeArgs {
             .unwrap_or_else(|| "default".to_string())
     }
 }
-
-/// Longest a change waits for the watch events to quiet down.
-const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// The last table applied in Kubernetes mode, for the status writer and
 /// the replica report.
@@ -130,15 +128,12 @@ pub async fn run(
         status::Writer::start(&client, args, controller.options(), registry, applied_rx, leader, caches.readers())?;
 
     let mut dirty_since: Option<Instant> = None;
-    let mut last_event = Instant::now();
     let mut ready = false;
     loop {
-        // Quiet for `debounce`, but never later than MAX_DELAY after the
-        // first change (constant endpoint churn must not starve reloads).
-        let wait = args
-            .debounce
-            .saturating_sub(last_event.elapsed())
-            .min(dirty_since.map_or(MAX_DELAY, |t| MAX_DELAY.saturating_sub(t.elapsed())));
+        // Changes are batched: a reload runs `debounce` after the first
+        // change it includes (a fixed window, so a steady trickle of events,
+        // such as status writes, cannot postpone it).
+        let wait = dirty_since.map_or(args.debounce, |t| args.debounce.saturating_sub(t.elapsed()));
         tokio::select! {
             Some(ev) = rx.recv() => {
                 if let watch::WatchEvent::Failed { .. } = ev {
@@ -146,7 +141,6 @@ pub async fn run(
                 }
                 if caches.on(&ev) {
                     dirty_since.get_or_insert_with(Instant::now);
-                    last_event = Instant::now();
                 }
                 status.poke();
             }
