@@ -31,14 +31,7 @@ INGRESS_CONTROLLER = "sluice.dev/ingress-controller"
 # branches implement. Accepted here until they exist in crates/sluice/src;
 # MERGE (lead): delete each entry once its branch is merged (check.py says
 # which ones the source already has).
-PENDING_FLAGS = {
-    "--kubernetes": ("kube", False),
-    "--watch-namespace": ("kube", True),
-    "--publish-service": ("kube", True),
-    "--pod-name": ("kube", True),
-    "--pod-namespace": ("kube", True),
-    "--leader-lease": ("kube", True),
-}
+PENDING_FLAGS: dict[str, tuple[str, bool]] = {}
 
 # What Sluice watches, cluster-wide, read-only (get/list/watch).
 WATCHED = {

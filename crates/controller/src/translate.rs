@@ -97,6 +97,15 @@ impl Services<'_> {
     }
 }
 
+/// `(namespace, name)` of the Ingresses Sluice serves (their class is one
+/// of Sluice's), e.g. to write their `status.loadBalancer`.
+pub fn served_ingresses(objects: &Objects, options: &Options) -> Vec<(String, String)> {
+    ingress::served(objects, options)
+        .into_iter()
+        .map(|i| (crate::objects::namespace(&i.metadata).to_string(), crate::objects::name(&i.metadata).to_string()))
+        .collect()
+}
+
 /// Translates the desired state into a table input and a report.
 pub fn translate(objects: &Objects, options: &Options) -> Translation {
     let mut report = Report::default();

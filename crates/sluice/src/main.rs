@@ -7,6 +7,7 @@
 mod admin;
 mod check;
 mod echo;
+mod kube;
 mod ratelimit;
 mod run;
 mod telemetry;
@@ -30,8 +31,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve traffic for the Gateways, HTTPRoutes and Ingresses in --config.
-    Run(run::RunArgs),
+    /// Serve traffic for the Gateways, HTTPRoutes and Ingresses in --config,
+    /// or from the Kubernetes API (--kubernetes, the default without --config).
+    Run(Box<run::RunArgs>),
     /// Validate a config, print diagnostics, conditions and compiled routes.
     Check(check::CheckArgs),
     /// Run the conformance-compatible echo backend.
@@ -50,7 +52,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .on_thread_park(sluice_proxy::metrics::flush_thread)
                 .build()?;
-            rt.block_on(run::run(args))
+            rt.block_on(run::run(*args))
         }
         Command::Echo(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

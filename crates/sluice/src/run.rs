@@ -28,9 +28,12 @@ use crate::telemetry::{TraceArgs, Tracing};
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// A manifest file or a directory of them (standalone mode). Watched:
-    /// a change recompiles and swaps atomically.
+    /// a change recompiles and swaps atomically. Without it Sluice runs in
+    /// Kubernetes mode (`--kubernetes`).
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
     /// Maps a listener port to a local socket: `PORT=ADDR`, or
     /// `NAMESPACE/GATEWAY:PORT=ADDR` for one Gateway. Port 0 picks a free
     /// port. Unmapped ports bind `0.0.0.0:PORT`. Repeatable.
@@ -96,7 +99,7 @@ impl FromStr for BindSpec {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     sluice_model::duration::parse_go_duration(s).ok_or_else(|| format!("invalid duration {s:?} (e.g. 30s, 500ms)"))
 }
 
@@ -111,19 +114,28 @@ fn resolve(binds: &[BindSpec], key: &BindKey) -> SocketAddr {
 }
 
 /// Control-half state: the last good objects and the published snapshot.
-struct Controller {
-    args: RunArgs,
+/// Shared by every source (files, the Kubernetes API): a source produces
+/// [`Objects`], [`Controller::apply`] does the rest.
+pub(crate) struct Controller {
+    options: sluice_controller::Options,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    source: file::FileSource,
     objects: Objects,
-    generation: u64,
+    pub(crate) generation: u64,
     metrics: ControlMetrics,
-    admin: Arc<AdminState>,
+    pub(crate) admin: Arc<AdminState>,
+    proxy: Proxy,
+    binds: Vec<BindSpec>,
+    /// Reject the whole change when any object or rule is invalid (files:
+    /// an edit is all or nothing). When false (Kubernetes, where each object
+    /// was validated by the API server and belongs to someone else), invalid
+    /// objects and rules are left out and reported, the rest applies.
+    pub(crate) strict: bool,
     limits: sluice_proxy::RateLimits,
+    ratelimit: crate::ratelimit::RateLimitArgs,
 }
 
 /// Control-plane metrics, registered beside the proxy's.
-struct ControlMetrics {
+pub(crate) struct ControlMetrics {
     generation: IntGauge,
     applies: IntCounter,
     failures: IntCounter,
@@ -171,10 +183,29 @@ impl ControlMetrics {
 }
 
 impl Controller {
-    /// Reloads the config (changed since `since`). Invalid config keeps the
-    /// last good table.
-    fn reload(&mut self, since: Instant) -> Result<bool, Report> {
-        let result = self.try_reload(since);
+    /// Applies `objects` (read by a source, with its parse diagnostics in
+    /// `report`; changed since `since`): endpoint-only changes take the fast
+    /// path, others recompile, and listeners are reconciled. Invalid config
+    /// keeps the last good table. `Ok(true)` when the route table changed.
+    pub(crate) async fn apply(&mut self, objects: Objects, report: Report, since: Instant) -> Result<bool, Report> {
+        let result = self.swap(objects, report, since);
+        if let Ok(true) = result {
+            let keys: Vec<BindKey> = self.snapshot.load().routes.bind_keys().cloned().collect();
+            let binds = self.binds.clone();
+            let bound = self.proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
+            print_listening(&bound);
+        }
+        result
+    }
+
+    /// Translation options.
+    pub(crate) fn options(&self) -> &sluice_controller::Options {
+        &self.options
+    }
+
+    /// Compiles and swaps, without touching listeners.
+    fn swap(&mut self, objects: Objects, report: Report, since: Instant) -> Result<bool, Report> {
+        let result = self.try_swap(objects, report, since);
         match &result {
             Ok(_) => {}
             Err(report) => {
@@ -191,28 +222,49 @@ impl Controller {
         result
     }
 
-    fn try_reload(&mut self, since: Instant) -> Result<bool, Report> {
+    /// The endpoint fast path: the EndpointSlices are now `slices`, nothing
+    /// else changed (the caller knows); the compiled routes stay. Returns
+    /// false when there is no table yet.
+    pub(crate) fn swap_endpoints(
+        &mut self,
+        slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        since: Instant,
+    ) -> bool {
+        if self.generation == 0 {
+            return false;
+        }
         let started = Instant::now();
-        let (objects, mut report) = self.source.load();
-        if report.has_errors() {
+        self.objects.endpoint_slices = slices;
+        // Cluster rate limits re-split when Sluice's own endpoints change.
+        self.limits.set_replicas(self.ratelimit.replicas(&self.objects));
+        let current = self.snapshot.load_full();
+        let eps = endpoints::build(current.routes.services(), &self.objects);
+        self.snapshot.store(Arc::new(Snapshot { routes: current.routes.clone(), endpoints: Arc::new(eps) }));
+        self.metrics.endpoint_updates.inc();
+        self.metrics.apply_seconds.observe(since.elapsed().as_secs_f64());
+        tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "Endpoints updated");
+        true
+    }
+
+    fn try_swap(&mut self, objects: Objects, mut report: Report, since: Instant) -> Result<bool, Report> {
+        let started = Instant::now();
+        if self.strict && report.has_errors() {
             return Err(report);
         }
-        self.limits.set_replicas(self.args.ratelimit.replicas(&objects));
+        self.limits.set_replicas(self.ratelimit.replicas(&objects));
         if self.generation > 0 && objects.same_except_endpoints(&self.objects) {
+            if objects.endpoint_slices == self.objects.endpoint_slices {
+                // Nothing Sluice uses changed (e.g. only a status).
+                return Ok(false);
+            }
             // Fast path: only endpoints changed; keep the compiled routes.
-            let current = self.snapshot.load_full();
-            let eps = endpoints::build(current.routes.services(), &objects);
-            self.snapshot.store(Arc::new(Snapshot { routes: current.routes.clone(), endpoints: Arc::new(eps) }));
-            self.objects = objects;
-            self.metrics.endpoint_updates.inc();
-            self.metrics.apply_seconds.observe(since.elapsed().as_secs_f64());
-            tracing::info!(elapsed_us = started.elapsed().as_micros() as u64, "Endpoints updated");
+            self.swap_endpoints(objects.endpoint_slices, since);
             return Ok(false);
         }
-        let t = translate(&objects, &self.args.translate.options());
+        let t = translate(&objects, &self.options);
         report.statuses.extend(t.report.statuses);
         report.diagnostics.extend(t.report.diagnostics);
-        if report.has_errors() {
+        if self.strict && report.has_errors() {
             return Err(report);
         }
         log_report(&report);
@@ -248,7 +300,7 @@ impl Controller {
     }
 }
 
-fn log_report(report: &Report) {
+pub(crate) fn log_report(report: &Report) {
     for d in &report.diagnostics {
         match d.severity {
             Severity::Error => {
@@ -337,23 +389,77 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         metrics: proxy.metrics().clone(),
         last: ArcSwap::from_pointee(LastApply::default()),
     });
-    let binds = args.binds.clone();
     let admin_addr = (!args.no_admin).then_some(args.admin);
-    let config = args.config.clone();
     let limits = sluice_proxy::RateLimits::new(&registry, args.ratelimit.redis_url.clone(), args.ratelimit.replicas)
         .context("registering rate limit metrics")?;
     limits.start();
     let mut controller = Controller {
-        args,
+        options: args.translate.options(),
         snapshot: snapshot.clone(),
-        source: file::FileSource::new(&config),
         objects: Objects::default(),
         generation: 0,
         metrics: ControlMetrics::new(&registry).context("registering metrics")?,
         admin: admin.clone(),
+        proxy: proxy.clone(),
+        binds: args.binds.clone(),
+        strict: args.config.is_some(),
         limits,
+        ratelimit: args.ratelimit.clone(),
     };
-    if let Err(report) = controller.reload(Instant::now()) {
+    let mut shutdown = std::pin::pin!(shutdown_signal()?);
+    let code = match args.config.clone() {
+        Some(config) => run_files(&mut controller, &config, admin_addr, shutdown.as_mut()).await?,
+        None => {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: no Kubernetes API to talk to: {e}");
+                    eprintln!("sluice: run it in a cluster, set KUBECONFIG, or pass --config PATH (standalone mode)");
+                    return Ok(ExitCode::from(crate::EX_CONFIG));
+                }
+            };
+            if let Some(addr) = admin_addr {
+                let bound = crate::admin::serve(addr, admin.clone())
+                    .with_context(|| format!("binding the admin listener {addr}"))?;
+                println!("admin addr={bound}");
+            }
+            crate::kube::run(client, &mut controller, &args.kube, &registry, shutdown.as_mut()).await?
+        }
+    };
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    tracing::info!("Shutting down: draining connections");
+    admin.ready.store(false, Ordering::Release);
+    proxy.shutdown().await;
+    if let Some(t) = traces {
+        // After the drain, so the last requests' spans are exported too.
+        t.shutdown().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// Standalone mode: serve `config` and reload it on change until `shutdown`.
+async fn run_files(
+    controller: &mut Controller,
+    config: &std::path::Path,
+    admin_addr: Option<SocketAddr>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<ExitCode> {
+    let mut source = file::FileSource::new(config);
+    let (objects, report) = source.load();
+    if let Err(report) = controller.swap(objects, report, Instant::now()) {
         log_report(&report);
         for d in report.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
             eprintln!("{d}");
@@ -361,19 +467,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("sluice: configuration {} is invalid; not starting", config.display());
         return Ok(ExitCode::from(crate::EX_CONFIG));
     }
-
+    let admin = controller.admin.clone();
     if let Some(addr) = admin_addr {
         let bound =
             crate::admin::serve(addr, admin.clone()).with_context(|| format!("binding the admin listener {addr}"))?;
         println!("admin addr={bound}");
     }
-    let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();
-    let bound = proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
+    let keys: Vec<BindKey> = controller.snapshot.load().routes.bind_keys().cloned().collect();
+    let binds = controller.binds.clone();
+    let bound = controller.proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
     print_listening(&bound);
     admin.ready.store(true, Ordering::Release);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<FileEvent>();
-    let _watcher = file::watch(&config, move |e| {
+    let _watcher = file::watch(config, move |e| {
         let _ = tx.send(e);
     })
     .context("watching the config path")?;
@@ -383,7 +490,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut writing: HashSet<PathBuf> = HashSet::new();
     let mut dirty_since: Option<Instant> = None;
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             Some(event) = rx.recv() => {
@@ -407,29 +513,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 writing.clear();
                 let since = dirty_since.take().unwrap_or_else(Instant::now);
-                match controller.reload(since) {
-                    Ok(true) => {
-                        let keys: Vec<BindKey> = snapshot.load().routes.bind_keys().cloned().collect();
-                        let bound = proxy.reconcile(&keys, &|k| resolve(&binds, k)).await;
-                        print_listening(&bound);
-                    }
-                    Ok(false) => {}
-                    Err(report) => {
-                        log_report(&report);
-                        tracing::error!(generation = controller.generation, "Invalid config change ignored; the last good table keeps serving");
-                    }
+                let (objects, report) = source.load();
+                if let Err(report) = controller.apply(objects, report, since).await {
+                    log_report(&report);
+                    tracing::error!(generation = controller.generation, "Invalid config change ignored; the last good table keeps serving");
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            () = shutdown.as_mut() => break,
         }
-    }
-    tracing::info!("Shutting down: draining connections");
-    admin.ready.store(false, Ordering::Release);
-    proxy.shutdown().await;
-    if let Some(t) = traces {
-        // After the drain, so the last requests' spans are exported too.
-        t.shutdown().await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,13 +29,10 @@ pub const HTTP_PORT: u16 = 80;
 /// Port Ingress HTTPS traffic is served on (when an Ingress has `spec.tls`).
 pub const HTTPS_PORT: u16 = 443;
 
-pub(super) fn translate(
-    objects: &Objects,
-    options: &Options,
-    input: &mut TableInput,
-    services: &mut Services<'_>,
-    report: &mut Report,
-) {
+/// The Ingresses Sluice serves: of one of its IngressClasses (by
+/// `ingressClassName` or the class annotation), or without a class when
+/// Sluice's class is the default.
+pub(super) fn served<'a>(objects: &'a Objects, options: &Options) -> Vec<&'a Ingress> {
     let ours: BTreeSet<&str> = objects
         .ingress_classes
         .iter()
@@ -49,7 +46,7 @@ pub(super) fn translate(
             c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true")
         })
         .any(|c| ours.contains(name(&c.metadata)));
-    let mut ingresses: Vec<&Ingress> = objects
+    let ingresses: Vec<&Ingress> = objects
         .ingresses
         .iter()
         .filter(|i| {
@@ -61,6 +58,17 @@ pub(super) fn translate(
             }
         })
         .collect();
+    ingresses
+}
+
+pub(super) fn translate(
+    objects: &Objects,
+    options: &Options,
+    input: &mut TableInput,
+    services: &mut Services<'_>,
+    report: &mut Report,
+) {
+    let mut ingresses = served(objects, options);
     if ingresses.is_empty() {
         return;
     }

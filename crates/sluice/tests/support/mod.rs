@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod cases;
 pub mod golit;
 pub mod tls;
@@ -336,15 +337,43 @@ impl Sluice {
 
     /// Like [`Sluice::start`], but returns how it exited if it did not come up.
     pub fn try_start(config: &Path, log_dir: &Path, extra: &[&str]) -> Result<Sluice, StartFailure> {
+        let config_arg = config.to_str().expect("utf-8 config path");
+        let mut args = vec!["--config", config_arg];
+        args.extend_from_slice(extra);
+        Self::try_start_with(&args, &[], config, log_dir, true)
+    }
+
+    /// Starts `sluice run --kubernetes --admin 127.0.0.1:0 EXTRA...` with
+    /// `KUBECONFIG=kubeconfig`; waits for `/readyz` only when `wait_ready`.
+    pub fn start_kube(kubeconfig: &Path, log_dir: &Path, extra: &[&str], wait_ready: bool) -> Sluice {
+        let mut args = vec!["--kubernetes"];
+        args.extend_from_slice(extra);
+        let env = [("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))];
+        match Self::try_start_with(&args, &env, kubeconfig, log_dir, wait_ready) {
+            Ok(s) => s,
+            Err(f) => {
+                panic!("sluice run --kubernetes exited with {}\nstdout:\n{}\nstderr:\n{}", f.status, f.stdout, f.stderr)
+            }
+        }
+    }
+
+    /// Starts `sluice run --admin 127.0.0.1:0 ARGS...` with `env`.
+    pub fn try_start_with(
+        run_args: &[&str],
+        env: &[(&str, &str)],
+        config: &Path,
+        log_dir: &Path,
+        wait_ready: bool,
+    ) -> Result<Sluice, StartFailure> {
         let stderr_path = log_dir.join(format!("sluice-{:08x}.stderr", random_u64() as u32));
         let err = File::create(&stderr_path).unwrap_or_else(|e| panic!("creating {}: {e}", stderr_path.display()));
-        let config_arg = config.to_str().expect("utf-8 config path");
-        let mut args = vec!["run", "--config", config_arg, "--admin", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
+        let mut args = vec!["run", "--admin", "127.0.0.1:0"];
+        args.extend_from_slice(run_args);
         let mut child = Command::new(SLUICE)
             .args(&args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
-            .env("SLUICE_LOG", "info")
+            .env("SLUICE_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
@@ -401,6 +430,9 @@ impl Sluice {
         }
         let s =
             Sluice { child, exit: None, admin, listening, stdout: lines, stderr_path, config: config.to_path_buf() };
+        if !wait_ready {
+            return Ok(s);
+        }
         // 2. `/readyz`.
         let ready =
             wait_until(STARTUP_TIMEOUT, || (s.admin_get("/readyz").map(|(st, _)| st) == Some(200)).then_some(()));
@@ -995,12 +1027,6 @@ impl ConformanceEnv {
         let dir = TempDir::new("conformance");
         let config_dir = dir.subdir("config");
         let log_dir = dir.subdir("logs");
-        let mut docs = load_conformance_manifest("base/manifests.yaml");
-        for m in test_manifests {
-            docs.extend(load_conformance_manifest(&format!("tests/{m}.yaml")));
-        }
-        docs.insert(0, gateway_class());
-
         // The CA of the TLS Secrets and ConfigMaps the Go suite generates.
         let ca = tls::TestCa::new(dir.path(), "conformance-ca");
         // TLS echo Deployments (tls-backend) serve the suite's
@@ -1015,56 +1041,8 @@ impl ConformanceEnv {
         std::fs::write(&tls_crt, &backend_leaf.cert).expect("writing the tls-backend certificate");
         std::fs::write(&tls_key, &backend_leaf.key).expect("writing the tls-backend key");
         let tls_args = ["--tls-cert", tls_crt.to_str().expect("utf-8"), "--tls-key", tls_key.to_str().expect("utf-8")];
-
-        // Start one echo per HTTP echo Deployment, all at once.
-        let pending: Vec<(String, PendingEcho)> = docs
-            .iter()
-            .filter(|d| kind(d) == "Deployment" && (is_http_echo_deployment(d) || is_tls_echo_deployment(d)))
-            .map(|d| {
-                let (ns, name) = (ns_of(d), meta_str(d, "name"));
-                let extra: &[&str] = if is_tls_echo_deployment(d) { &tls_args } else { &[] };
-                (format!("{ns}/{name}"), Echo::spawn_with(name, ns, &log_dir, extra))
-            })
-            .collect();
-        let echoes: BTreeMap<String, Echo> = pending.into_iter().map(|(k, p)| (k, p.wait())).collect();
-
-        // Generated EndpointSlices for selector Services backed by an echo.
-        let deployments: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Deployment").collect();
-        let mut generated = Vec::new();
-        for svc in docs.iter().filter(|d| kind(d) == "Service") {
-            let Some(selector) = svc.pointer("/spec/selector").and_then(Value::as_object) else { continue };
-            for d in &deployments {
-                if ns_of(d) != ns_of(svc) {
-                    continue;
-                }
-                let labels = d.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
-                if !labels_match(selector, labels) {
-                    continue;
-                }
-                let Some(echo) = echoes.get(&format!("{}/{}", ns_of(d), meta_str(d, "name"))) else { continue };
-                let name = format!("{}-e2e-{}", meta_str(svc, "name"), meta_str(d, "name"));
-                generated.push(endpoint_slice_for(svc, &name, echo.addr));
-            }
-        }
-        // Hand-written EndpointSlices without endpoints (HTTPRouteServiceTypes)
-        // get the infra-backend-v1 echo, as the suite patches them with its pods.
-        let v1 = echoes.get(&format!("{INFRA_NS}/infra-backend-v1")).map(|e| e.addr);
-        for d in docs.iter_mut().filter(|d| kind(d) == "EndpointSlice") {
-            let empty = d.get("endpoints").and_then(Value::as_array).is_none_or(|e| e.is_empty());
-            let ipv4 = d.get("addressType").and_then(Value::as_str) == Some("IPv4");
-            if !(empty && ipv4) {
-                continue;
-            }
-            let addr = v1.expect("infra-backend-v1 echo for hand-written EndpointSlices");
-            if let Some(ports) = d.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports {
-                    p["port"] = json!(addr.port());
-                }
-            }
-            d["endpoints"] = json!([{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]);
-        }
-        docs.extend(generated);
-        // The TLS Secrets the Go suite generates (suite.go), signed by a
+        let (mut docs, echoes) = conformance_docs_with_tls(test_manifests, &log_dir, &tls_args);
+        // The TLS Secrets the Go suite generates (suite.go), signed by the
         // test CA: a name per host the HTTPS tests use, since clients do not
         // accept `*` or `*.org` as certificate names.
         let hosts = [
@@ -1122,6 +1100,82 @@ impl ConformanceEnv {
         self.echoes
             .get(key)
             .unwrap_or_else(|| panic!("no echo {key}; have {:?}", self.echoes.keys().collect::<Vec<_>>()))
+    }
+}
+
+/// The GatewayClass, base manifests and `tests/<name>.yaml` for each name,
+/// with one running echo per HTTP echo Deployment (keyed by
+/// `namespace/deployment`) and EndpointSlices pointing Services at them.
+pub fn conformance_docs(test_manifests: &[&str], log_dir: &Path) -> (Vec<Value>, BTreeMap<String, Echo>) {
+    conformance_docs_with_tls(test_manifests, log_dir, &[])
+}
+
+/// [`conformance_docs`]; with `tls_args` (`--tls-cert`/`--tls-key`), TLS
+/// echo Deployments (tls-backend) get a `sluice echo` serving TLS too.
+pub fn conformance_docs_with_tls(
+    test_manifests: &[&str],
+    log_dir: &Path,
+    tls_args: &[&str],
+) -> (Vec<Value>, BTreeMap<String, Echo>) {
+    {
+        let mut docs = load_conformance_manifest("base/manifests.yaml");
+        for m in test_manifests {
+            docs.extend(load_conformance_manifest(&format!("tests/{m}.yaml")));
+        }
+        docs.insert(0, gateway_class());
+
+        // Start one echo per HTTP echo Deployment, all at once.
+        let pending: Vec<(String, PendingEcho)> = docs
+            .iter()
+            .filter(|d| {
+                kind(d) == "Deployment"
+                    && (is_http_echo_deployment(d) || (!tls_args.is_empty() && is_tls_echo_deployment(d)))
+            })
+            .map(|d| {
+                let (ns, name) = (ns_of(d), meta_str(d, "name"));
+                let extra: &[&str] = if is_tls_echo_deployment(d) { tls_args } else { &[] };
+                (format!("{ns}/{name}"), Echo::spawn_with(name, ns, log_dir, extra))
+            })
+            .collect();
+        let echoes: BTreeMap<String, Echo> = pending.into_iter().map(|(k, p)| (k, p.wait())).collect();
+
+        // Generated EndpointSlices for selector Services backed by an echo.
+        let deployments: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Deployment").collect();
+        let mut generated = Vec::new();
+        for svc in docs.iter().filter(|d| kind(d) == "Service") {
+            let Some(selector) = svc.pointer("/spec/selector").and_then(Value::as_object) else { continue };
+            for d in &deployments {
+                if ns_of(d) != ns_of(svc) {
+                    continue;
+                }
+                let labels = d.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+                if !labels_match(selector, labels) {
+                    continue;
+                }
+                let Some(echo) = echoes.get(&format!("{}/{}", ns_of(d), meta_str(d, "name"))) else { continue };
+                let name = format!("{}-e2e-{}", meta_str(svc, "name"), meta_str(d, "name"));
+                generated.push(endpoint_slice_for(svc, &name, echo.addr));
+            }
+        }
+        // Hand-written EndpointSlices without endpoints (HTTPRouteServiceTypes)
+        // get the infra-backend-v1 echo, as the suite patches them with its pods.
+        let v1 = echoes.get(&format!("{INFRA_NS}/infra-backend-v1")).map(|e| e.addr);
+        for d in docs.iter_mut().filter(|d| kind(d) == "EndpointSlice") {
+            let empty = d.get("endpoints").and_then(Value::as_array).is_none_or(|e| e.is_empty());
+            let ipv4 = d.get("addressType").and_then(Value::as_str) == Some("IPv4");
+            if !(empty && ipv4) {
+                continue;
+            }
+            let addr = v1.expect("infra-backend-v1 echo for hand-written EndpointSlices");
+            if let Some(ports) = d.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    p["port"] = json!(addr.port());
+                }
+            }
+            d["endpoints"] = json!([{"addresses": [addr.ip().to_string()], "conditions": {"ready": true}}]);
+        }
+        docs.extend(generated);
+        (docs, echoes)
     }
 }
 
