@@ -38,6 +38,11 @@ pub(crate) struct Stripped {
 /// and `Connection: upgrade` re-added so the upstream sees the handshake.
 /// `TE: trailers` survives; any other `TE` is dropped.
 pub(crate) fn strip_request(headers: &mut HeaderMap, allow_upgrade: bool) -> Stripped {
+    if !any_hop_by_hop(headers) {
+        // The common case: one pass over the names instead of a hashed
+        // lookup per hop-by-hop name.
+        return Stripped { upgrade: false };
+    }
     let upgrade_token = strip_connection(headers);
     let te_trailers = headers.get_all(TE).iter().any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case("trailers")));
     if te_trailers {
@@ -57,6 +62,9 @@ pub(crate) fn strip_request(headers: &mut HeaderMap, allow_upgrade: bool) -> Str
 /// Removes the hop-by-hop headers of a response. A `101 Switching
 /// Protocols` answer to an upgrade keeps `Upgrade` and `Connection: upgrade`.
 pub(crate) fn strip_response(headers: &mut HeaderMap, switching: bool) {
+    if !switching && !any_hop_by_hop(headers) {
+        return;
+    }
     strip_connection(headers);
     headers.remove(TE);
     if switching {
@@ -64,6 +72,13 @@ pub(crate) fn strip_response(headers: &mut HeaderMap, switching: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+/// Whether any header the strips act on is present: `Connection`, `TE`,
+/// `Upgrade` or one of [`HOP_BY_HOP`]. Headers a `Connection` value lists
+/// only matter when `Connection` itself is present.
+fn any_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| *k == CONNECTION || *k == TE || *k == UPGRADE || HOP_BY_HOP.contains(k))
 }
 
 /// Removes `Connection`, every header it names and the fixed hop-by-hop

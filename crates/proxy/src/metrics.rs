@@ -14,11 +14,14 @@
 //! `on_thread_park`), so a scrape lags by at most that interval.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use prometheus::local::{LocalHistogramVec, LocalIntCounterVec};
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// How often a busy thread flushes its local metrics.
@@ -66,10 +69,42 @@ pub struct RequestLabels<'a> {
 
 struct Local {
     id: u64,
-    requests: LocalIntCounterVec,
-    duration: LocalHistogramVec,
+    /// One entry per label set seen on this thread.
+    series: HashMap<SeriesKey, Series, BuildHasherDefault<FxHasher>>,
     last_flush: Instant,
 }
+
+/// Upper bound on a thread's cached series (reloads leave stale ones
+/// behind); past it the cache is flushed and emptied.
+const MAX_SERIES: usize = 4096;
+
+/// A label set by the addresses and lengths of its strings, all borrowed
+/// from the compiled config or static: hashing it costs a few
+/// multiplications instead of SipHash over every label value, twice. An
+/// address can be reused by a later table, so a hit is confirmed against
+/// the series' own copy of the strings.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    route: (usize, usize),
+    rule: (usize, usize),
+    backend: (usize, usize),
+    code: u16,
+    method: usize,
+}
+
+/// This thread's unflushed part of one series.
+struct Series {
+    route: Box<str>,
+    rule: Box<str>,
+    backend: Box<str>,
+    requests: LocalIntCounter,
+    duration: LocalHistogram,
+}
+
+/// FxHash-style word hasher for [`SeriesKey`] (no dependency, no seed:
+/// the keys are addresses, not client input).
+#[derive(Default)]
+struct FxHasher(u64);
 
 thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
@@ -150,25 +185,52 @@ impl Metrics {
             if slot.as_ref().is_some_and(|l| l.id != self.id)
                 && let Some(old) = slot.take()
             {
-                old.requests.flush();
-                old.duration.flush();
+                old.flush();
             }
-            let local = slot.get_or_insert_with(|| Local {
-                id: self.id,
-                requests: self.requests.local(),
-                duration: self.duration.local(),
-                last_flush: now,
-            });
-            let values =
-                [code_str(labels.status), method_str(labels.method), labels.route, labels.rule, labels.backend];
-            local.requests.with_label_values(&values).inc();
-            local.duration.with_label_values(&values).observe(elapsed.as_secs_f64());
+            let local = slot.get_or_insert_with(|| Local { id: self.id, series: HashMap::default(), last_flush: now });
+            if local.series.len() >= MAX_SERIES {
+                local.flush();
+                local.series.clear();
+            }
+            let method = method_str(labels.method);
+            let key = SeriesKey {
+                route: (labels.route.as_ptr() as usize, labels.route.len()),
+                rule: (labels.rule.as_ptr() as usize, labels.rule.len()),
+                backend: (labels.backend.as_ptr() as usize, labels.backend.len()),
+                code: labels.status.as_u16(),
+                method: method.as_ptr() as usize,
+            };
+            let series = match local.series.entry(key) {
+                Entry::Occupied(e) => {
+                    let series = e.into_mut();
+                    if !series.is(labels) {
+                        // A reused address: a different label set.
+                        series.flush();
+                        *series = self.series(labels, method);
+                    }
+                    series
+                }
+                Entry::Vacant(e) => e.insert(self.series(labels, method)),
+            };
+            series.requests.inc();
+            series.duration.observe(elapsed.as_secs_f64());
             if now.saturating_duration_since(local.last_flush) >= FLUSH_EVERY {
-                local.requests.flush();
-                local.duration.flush();
+                local.flush();
                 local.last_flush = now;
             }
         });
+    }
+
+    /// A new local series (looks the shared one up by its label values).
+    fn series(&self, labels: &RequestLabels<'_>, method: &'static str) -> Series {
+        let values = [code_str(labels.status), method, labels.route, labels.rule, labels.backend];
+        Series {
+            route: labels.route.into(),
+            rule: labels.rule.into(),
+            backend: labels.backend.into(),
+            requests: self.requests.with_label_values(&values).local(),
+            duration: self.duration.with_label_values(&values).local(),
+        }
     }
 
     /// Counts a failed upstream connection.
@@ -202,11 +264,62 @@ pub fn flush_thread() {
         if let Ok(mut slot) = cell.try_borrow_mut()
             && let Some(local) = slot.as_mut()
         {
-            local.requests.flush();
-            local.duration.flush();
+            local.flush();
             local.last_flush = Instant::now();
         }
     });
+}
+
+// === impl Local ===
+
+impl Local {
+    fn flush(&self) {
+        for series in self.series.values() {
+            series.flush();
+        }
+    }
+}
+
+// === impl Series ===
+
+impl Series {
+    /// Whether this series has exactly these (config-borrowed) labels.
+    fn is(&self, labels: &RequestLabels<'_>) -> bool {
+        *self.route == *labels.route && *self.rule == *labels.rule && *self.backend == *labels.backend
+    }
+
+    fn flush(&self) {
+        self.requests.flush();
+        self.duration.flush();
+    }
+}
+
+// === impl FxHasher ===
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.add(u64::from(*b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 fn method_str(m: &Method) -> &'static str {
@@ -248,6 +361,40 @@ mod tests {
         );
         assert!(text.contains(r#"http_request_duration_seconds_bucket{backend="ns/svc:80",code="200",method="GET",route="ns/r",rule="0",le="0.005"} 3"#), "{text}");
         assert!(text.contains(r#"le="0.0025"} 0"#), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_reused_label_address_gets_its_own_series() -> prometheus::Result<()> {
+        // The thread cache keys series by label addresses; a later table may
+        // put different labels at the same address (same length here).
+        let registry = Registry::new();
+        let m = Metrics::new(&registry)?;
+        let mut route = String::from("ns/a");
+        let now = Instant::now();
+        for _ in 0..2 {
+            let labels =
+                RequestLabels { status: StatusCode::OK, method: &Method::GET, route: &route, rule: "0", backend: "b" };
+            m.record(&labels, Duration::from_millis(1), now);
+        }
+        route.replace_range(.., "ns/b");
+        let labels =
+            RequestLabels { status: StatusCode::OK, method: &Method::GET, route: &route, rule: "0", backend: "b" };
+        m.record(&labels, Duration::from_millis(1), now);
+        // A different allocation with the same content is the same series.
+        let copy = String::from("ns/b");
+        let labels =
+            RequestLabels { status: StatusCode::OK, method: &Method::GET, route: &copy, rule: "0", backend: "b" };
+        m.record(&labels, Duration::from_millis(1), now);
+        let text = m.render();
+        assert!(
+            text.contains(r#"http_requests_total{backend="b",code="200",method="GET",route="ns/a",rule="0"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"http_requests_total{backend="b",code="200",method="GET",route="ns/b",rule="0"} 2"#),
+            "{text}"
+        );
         Ok(())
     }
 

@@ -37,6 +37,10 @@ pub(crate) struct Shared {
     pub(crate) client_tls: crate::upstream_tls::TlsClient,
     /// Connection builder (HTTP/1.1 + h2c), configured once.
     pub(crate) server: auto::Builder<TokioExecutor>,
+    /// The same, HTTP/1.1 only (TLS connections that negotiated `http/1.1`).
+    pub(crate) http1: auto::Builder<TokioExecutor>,
+    /// The same, HTTP/2 only (TLS connections that negotiated `h2`).
+    pub(crate) http2: auto::Builder<TokioExecutor>,
     /// Flips to `true` when upgraded tunnels must close; its receiver count
     /// is the number of open tunnels.
     tunnels: watch::Sender<bool>,
@@ -84,11 +88,26 @@ impl Shared {
         let header_bytes = config.max_request_header_bytes.max(8 * 1024);
         server.http1().timer(TokioTimer::new()).max_buf_size(header_bytes);
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+        let http1 = server.clone().http1_only();
+        let http2 = server.clone().http2_only();
         let client = upstream::client(&config, &metrics, false);
         let client_h2c = upstream::client(&config, &metrics, true);
         let client_tls = crate::upstream_tls::client(&config, &metrics, snapshot.clone());
         let (tunnels, _) = watch::channel(false);
-        Self { config, snapshot, client, client_h2c, client_tls, server, tunnels, metrics, access_log, tracer }
+        Self {
+            config,
+            snapshot,
+            client,
+            client_h2c,
+            client_tls,
+            server,
+            http1,
+            http2,
+            tunnels,
+            metrics,
+            access_log,
+            tracer,
+        }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`

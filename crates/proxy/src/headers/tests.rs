@@ -90,3 +90,30 @@ fn h2_cookies_are_joined_for_http1() {
     join_cookies(&mut h);
     assert_eq!(h.get_all(COOKIE).iter().collect::<Vec<_>>(), vec![&HeaderValue::from_static("a=1; b=2")]);
 }
+
+#[test]
+fn each_hop_by_hop_header_alone_is_removed() {
+    // The strips skip their work when no hop-by-hop name is present; each
+    // one alone must still trigger it, in both directions.
+    for name in [
+        "connection",
+        "te",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        let mut h = map(&[(name, "x"), ("x-kept", "yes")]);
+        strip_request(&mut h, true);
+        assert_eq!(names(&h), vec!["x-kept"], "request: {name}");
+        let mut h = map(&[(name, "x"), ("x-kept", "yes")]);
+        strip_response(&mut h, false);
+        assert_eq!(names(&h), vec!["x-kept"], "response: {name}");
+    }
+    let mut h = map(&[("x-kept", "yes"), ("host", "a")]);
+    assert!(!strip_request(&mut h, true).upgrade);
+    assert_eq!(names(&h), vec!["host", "x-kept"]);
+}
