@@ -213,8 +213,11 @@ fn an_endpoint_change_propagates_without_recompiling_routes() {
     let s = c.sluice("sluice-a", true, &[]);
     let addr = s.addr_of(SAME_NAMESPACE, 80);
     assert!(curl_retry(addr, &Req::get("/"), WAIT).pod().is_some_and(|p| p.starts_with("infra-backend-v1-")));
-    // Let status writes and replica reports settle: none of them recompiles.
-    std::thread::sleep(Duration::from_secs(2));
+    // Wait until this replica's report reached the leader's status (the
+    // Gateway is Programmed for its generation): status writes and replica
+    // reports never recompile, so the counters below are a stable baseline.
+    let reported = wait_until(WAIT, || programmed(&c.api).filter(|p| p["message"] == "applied by 1/1 replicas"));
+    assert!(reported.is_some(), "{:?}; stderr:\n{}", programmed(&c.api), s.stderr());
     let applies = metric(&s, "sluice_config_applies_total");
     let updates = metric(&s, "sluice_endpoint_updates_total");
     let (generation, _) = s.config_dump();

@@ -485,7 +485,13 @@ fn certificate_rotation_under_load() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The load is running: some requests completed before the rotation.
+        let running = async {
+            while ok.load(Ordering::Relaxed) < 20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), running).await.expect("load never started");
         let before = ok.load(Ordering::Relaxed);
         // Rotate: same Secret, new certificate and key (an atomic rename,
         // as a Kubernetes Secret mount or cert-manager would do).
@@ -505,7 +511,14 @@ fn certificate_rotation_under_load() {
             seen
         };
         assert!(seen, "new handshakes never saw the rotated certificate");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Keep the load on until more requests completed after the swap.
+        let after_swap = ok.load(Ordering::Relaxed);
+        let more = async {
+            while ok.load(Ordering::Relaxed) < after_swap + 20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), more).await.expect("load stopped after the rotation");
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             t.await.expect("load task");
