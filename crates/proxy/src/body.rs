@@ -9,6 +9,8 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::pool::Reuse;
+
 /// Boxed error of [`RequestBody`], as the hyper client wants it.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -29,9 +31,21 @@ pub(crate) struct BodyTooLarge;
 #[derive(Debug)]
 pub(crate) enum ResponseBody {
     /// Streamed from the upstream.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// A complete local body (errors, redirects); `None` once sent.
     Full(Option<Bytes>),
+}
+
+/// The upstream's response body; hands its HTTP/1.1 connection back to
+/// the pool when dropped after the last frame (dropped earlier, the
+/// connection closes: the rest of the response is still on it).
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    reuse: Option<Reuse>,
+    /// `poll_frame` returned the end (chunked bodies never report
+    /// `is_end_stream`).
+    ended: bool,
 }
 
 // === impl RequestBody ===
@@ -82,6 +96,12 @@ impl StdError for BodyTooLarge {}
 // === impl ResponseBody ===
 
 impl ResponseBody {
+    /// The upstream's body; `reuse` is its connection when that can serve
+    /// another request afterwards.
+    pub(crate) fn upstream(inner: Incoming, reuse: Option<Reuse>) -> Self {
+        Self::Upstream(UpstreamBody { inner, reuse, ended: false })
+    }
+
     /// A complete local body.
     pub(crate) fn full(bytes: Bytes) -> Self {
         Self::Full(Some(bytes).filter(|b| !b.is_empty()))
@@ -94,22 +114,38 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            Self::Upstream(up) => {
+                let frame = ready!(Pin::new(&mut up.inner).poll_frame(cx));
+                up.ended |= frame.is_none();
+                Poll::Ready(frame)
+            }
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream(inner) => inner.is_end_stream(),
+            Self::Upstream(up) => up.ended || up.inner.is_end_stream(),
             Self::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream(inner) => inner.size_hint(),
+            Self::Upstream(up) => up.inner.size_hint(),
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(reuse) = self.reuse.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            reuse.release();
         }
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
-use hyper_util::client::legacy;
 use sluice_model::{RouteRef, ServiceRef};
 
 use crate::body::ResponseBody;
@@ -61,18 +60,18 @@ pub enum ProxyError {
     Connect {
         /// The endpoint.
         addr: SocketAddr,
-        /// The client error.
+        /// Why: the socket's or the TLS handshake's error, or a timeout.
         #[source]
-        source: legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The upstream connection failed before a response arrived (502).
     #[error("upstream {addr}: request failed")]
     Upstream {
         /// The endpoint.
         addr: SocketAddr,
-        /// The client error.
+        /// The connection's error.
         #[source]
-        source: legacy::Error,
+        source: hyper::Error,
     },
     /// The upstream did not answer within the rule's or the default timeout
     /// (504).

@@ -41,6 +41,7 @@ mod headers;
 mod listener;
 pub mod metrics;
 mod observe;
+mod pool;
 pub mod ratelimit;
 pub mod rng;
 mod route;
@@ -49,7 +50,6 @@ mod tls;
 mod trace;
 mod upgrade;
 mod upstream;
-mod upstream_tls;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -22,19 +22,17 @@ use crate::error::ProxyError;
 use crate::filters::{self, FilterCtx};
 use crate::metrics::Metrics;
 use crate::observe::{AccessFields, Finish, ObservedBody, Outcome};
+use crate::pool::Pool;
 use crate::trace::RequestTrace;
-use crate::upstream::{self, HttpClient, Plan};
+use crate::upstream::{self, Plan};
 use crate::{headers, route};
 
 /// State shared by every connection and request.
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
-    pub(crate) client: HttpClient,
-    /// The same for h2c backends (HTTP/2 prior knowledge).
-    pub(crate) client_h2c: HttpClient,
-    /// The same for TLS backends (BackendTLSPolicy).
-    pub(crate) client_tls: crate::upstream_tls::TlsClient,
+    /// Upstream connections (HTTP/1.1, TLS, h2c), pooled per worker thread.
+    pub(crate) pool: Pool,
     /// Connection builder (HTTP/1.1 + h2c), configured once.
     pub(crate) server: auto::Builder<TokioExecutor>,
     /// The same, HTTP/1.1 only (TLS connections that negotiated `http/1.1`).
@@ -90,24 +88,9 @@ impl Shared {
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         let http1 = server.clone().http1_only();
         let http2 = server.clone().http2_only();
-        let client = upstream::client(&config, &metrics, false);
-        let client_h2c = upstream::client(&config, &metrics, true);
-        let client_tls = crate::upstream_tls::client(&config, &metrics, snapshot.clone());
+        let pool = Pool::new(&config, &metrics);
         let (tunnels, _) = watch::channel(false);
-        Self {
-            config,
-            snapshot,
-            client,
-            client_h2c,
-            client_tls,
-            server,
-            http1,
-            http2,
-            tunnels,
-            metrics,
-            access_log,
-            tracer,
-        }
+        Self { config, snapshot, pool, server, http1, http2, tunnels, metrics, access_log, tracer }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`
@@ -266,6 +249,6 @@ fn decide(
         upgrade: stripped.upgrade,
         // An upgrade (WebSocket) needs HTTP/1.1 even to an h2c backend.
         h2c: !stripped.upgrade && snapshot.routes.is_h2c(id),
-        tls: snapshot.routes.upstream_tls(id).map(|t| (id, t.clone())),
+        tls: snapshot.routes.upstream_tls(id).cloned(),
     }))
 }

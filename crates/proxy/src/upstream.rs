@@ -12,28 +12,14 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::IntGauge;
 use sluice_model::{BackendId, BackendTarget, Endpoints, Filter, RouteTable, Rule, ServiceRef, WeightedBackend};
 
-use crate::body::{BodyTooLarge, BoxError, RequestBody, ResponseBody};
-use crate::config::ProxyConfig;
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::pool::SendError;
 use crate::server::Shared;
 use crate::{filters, headers, rng, upgrade};
-
-/// The shared upstream client: one keep-alive pool for every route.
-pub(crate) type HttpClient = Client<CountingConnector, RequestBody>;
-
-/// [`HttpConnector`] that keeps `sluice_upstream_connections` up to date.
-#[derive(Clone, Debug)]
-pub(crate) struct CountingConnector {
-    inner: HttpConnector,
-    open: IntGauge,
-}
 
 /// An upstream connection that decrements the gauge when closed.
 #[derive(Debug)]
@@ -51,7 +37,8 @@ pub(crate) struct Plan {
     pub(crate) backend_filters: Option<Arc<[Filter]>>,
     /// The picked endpoint.
     pub(crate) addr: SocketAddr,
-    /// The endpoint as a URI authority, precomputed with the endpoint set.
+    /// The endpoint as a URI authority, precomputed with the endpoint set
+    /// (h2c requests carry it as `:authority`).
     pub(crate) authority: Option<Authority>,
     /// Limit for the response headers to arrive.
     pub(crate) timeout: Option<Duration>,
@@ -60,47 +47,7 @@ pub(crate) struct Plan {
     /// Speak HTTP/2 with prior knowledge to the endpoint.
     pub(crate) h2c: bool,
     /// Speak TLS to the endpoint (BackendTLSPolicy).
-    pub(crate) tls: Option<(BackendId, Arc<sluice_model::UpstreamTls>)>,
-}
-
-/// Builds the upstream client from the static config: HTTP/1.1, or
-/// HTTP/2 with prior knowledge when `h2c`.
-pub(crate) fn client(config: &ProxyConfig, metrics: &Metrics, h2c: bool) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .http2_only(h2c)
-        .pool_idle_timeout(config.idle_upstream_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // The Host header is always set by the proxy from the client's
-        // authority; the client must never replace it with the endpoint.
-        .set_host(false)
-        .build(CountingConnector { inner: connector, open: metrics.upstream_connections.clone() })
-}
-
-// === impl CountingConnector ===
-
-impl tower::Service<Uri> for CountingConnector {
-    type Response = Counted<<HttpConnector as tower::Service<Uri>>::Response>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        // Boxed: one allocation per new connection, not per request.
-        let connecting = self.inner.call(uri);
-        let open = self.open.clone();
-        Box::pin(async move {
-            let io = connecting.await?;
-            open.inc();
-            Ok(Counted { io, open })
-        })
-    }
+    pub(crate) tls: Option<Arc<sluice_model::UpstreamTls>>,
 }
 
 // === impl Counted ===
@@ -151,12 +98,6 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected()
     }
 }
 
@@ -213,23 +154,22 @@ pub(crate) async fn forward(
         headers::join_cookies(&mut parts.headers);
     }
     let h2c = plan.h2c && plan.tls.is_none();
-    parts.uri = match &plan.tls {
-        Some((id, tls)) => upstream_uri(
-            crate::upstream_tls::SCHEME,
-            plan.addr,
-            Some(crate::upstream_tls::authority(*id, tls, plan.addr)?),
-            &parts.uri,
-        )?,
-        None => upstream_uri(Scheme::HTTP, plan.addr, plan.authority.clone(), &parts.uri)?,
-    };
-    parts.version = if h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+    if h2c {
+        parts.uri = absolute_uri(plan.addr, plan.authority.clone(), &parts.uri)?;
+        parts.version = Version::HTTP_2;
+    } else {
+        origin_form(&mut parts.uri);
+        parts.version = Version::HTTP_11;
+    }
     parts.extensions = Extensions::new();
     let up = Request::from_parts(parts, RequestBody::new(body, shared.config.max_request_body_bytes));
 
-    let sent = match (&plan.tls, h2c) {
-        (Some(_), _) => shared.client_tls.request(up),
-        (None, true) => shared.client_h2c.request(up),
-        (None, false) => shared.client.request(up),
+    let sent = async {
+        if h2c {
+            shared.pool.send_h2c(plan.addr, up).await.map(|resp| (resp, None))
+        } else {
+            shared.pool.send_http1(plan.addr, plan.tls.as_deref(), up).await.map(|(resp, reuse)| (resp, Some(reuse)))
+        }
     };
     let result = match plan.timeout {
         Some(t) => {
@@ -237,7 +177,7 @@ pub(crate) async fn forward(
         }
         None => sent.await,
     };
-    let mut resp = result.map_err(|e| classify(e, plan.addr))?;
+    let (mut resp, reuse) = result.map_err(|e| classify(e, plan.addr))?;
 
     let switching = plan.upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let Some(client) = client_upgrade.filter(|_| switching) {
@@ -249,34 +189,42 @@ pub(crate) async fn forward(
     if let Some(f) = &plan.backend_filters {
         filters::apply_response(f, headers);
     }
-    Ok(resp.map(ResponseBody::Upstream))
+    // An upgraded connection belongs to the tunnel, never to the pool.
+    let reuse = reuse.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
+    Ok(resp.map(|body| ResponseBody::upstream(body, reuse)))
 }
 
-/// `http://ADDR/path?query`: the connector dials the endpoint and the
-/// client writes origin-form (`/path?query`) on the wire.
-fn upstream_uri(
-    scheme: Scheme,
-    addr: SocketAddr,
-    authority: Option<Authority>,
-    original: &Uri,
-) -> Result<Uri, ProxyError> {
+/// HTTP/1.1 requests go out in origin-form (`/path?query`); a client's
+/// absolute-form target and h2's `:scheme`/`:authority` are dropped (the
+/// `Host` header carries the authority).
+fn origin_form(uri: &mut Uri) {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *uri = Uri::from(path);
+    }
+}
+
+/// `http://ADDR/path?query`: h2c requests carry the endpoint as
+/// `:authority`.
+fn absolute_uri(addr: SocketAddr, authority: Option<Authority>, original: &Uri) -> Result<Uri, ProxyError> {
     let authority = match authority {
         Some(a) => a,
         None => Authority::from_maybe_shared(Bytes::from(addr.to_string()))
             .map_err(|_| ProxyError::Internal("endpoint address is not a valid authority"))?,
     };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(scheme);
+    parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
     parts.path_and_query = Some(original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).map_err(|_| ProxyError::Internal("upstream URI is invalid"))
 }
 
-/// Maps a client error to the proxy error it stands for.
-fn classify(err: legacy::Error, addr: SocketAddr) -> ProxyError {
-    if err.is_connect() {
-        return ProxyError::Connect { addr, source: err };
-    }
+/// Maps a pool error to the proxy error it stands for.
+fn classify(err: SendError, addr: SocketAddr) -> ProxyError {
+    let err = match err {
+        SendError::Connect(source) => return ProxyError::Connect { addr, source },
+        SendError::Request(err) => err,
+    };
     let mut source = err.source();
     while let Some(e) = source {
         if e.is::<BodyTooLarge>() {
@@ -317,14 +265,23 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uri_targets_the_endpoint_and_keeps_path_and_query() -> Result<(), Box<dyn std::error::Error>> {
+    fn h2c_uri_targets_the_endpoint_and_keeps_path_and_query() -> Result<(), Box<dyn std::error::Error>> {
         let addr: SocketAddr = "[::1]:8080".parse()?;
-        let uri = upstream_uri(Scheme::HTTP, addr, None, &"http://a.example/x/y?q=1".parse()?)?;
-        assert_eq!(
-            upstream_uri(Scheme::HTTP, addr, Some("[::1]:8080".parse()?), &"/x".parse()?)?,
-            "http://[::1]:8080/x"
-        );
+        let uri = absolute_uri(addr, None, &"http://a.example/x/y?q=1".parse()?)?;
+        assert_eq!(absolute_uri(addr, Some("[::1]:8080".parse()?), &"/x".parse()?)?, "http://[::1]:8080/x");
         assert_eq!(uri, "http://[::1]:8080/x/y?q=1");
+        Ok(())
+    }
+
+    #[test]
+    fn http1_targets_are_origin_form() -> Result<(), Box<dyn std::error::Error>> {
+        for (given, want) in
+            [("http://a.example/x/y?q=1", "/x/y?q=1"), ("https://a.example", "/"), ("/p?x", "/p?x"), ("*", "*")]
+        {
+            let mut uri: Uri = given.parse()?;
+            origin_form(&mut uri);
+            assert_eq!(uri.to_string(), want, "{given}");
+        }
         Ok(())
     }
 }

@@ -769,3 +769,155 @@ async fn shutdown_lets_in_flight_requests_finish() -> TestResult {
     assert!(after.iter().all(|(_, r)| r.is_err()));
     Ok(())
 }
+
+// === upstream connection reuse ===
+
+/// Connections an upstream accepted and saw closed.
+#[derive(Default)]
+struct ConnCounts {
+    accepted: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
+impl ConnCounts {
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An HTTP/1.1 upstream that counts its connections. `/chunked` answers
+/// three chunks without a length, `/empty` 204, `/big` 4 MiB chunked, the
+/// rest `ok` with a length. With `close_after_each`, it closes every
+/// connection 50 ms after one response without saying so (as an upstream
+/// whose keep-alive timeout fires between requests does).
+async fn counting_upstream(close_after_each: bool) -> Result<(SocketAddr, Arc<ConnCounts>), BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let counts = Arc::new(ConnCounts::default());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body: http_body_util::combinators::BoxBody<Bytes, Infallible> = match req.uri().path() {
+                        "/chunked" => Chunks { chunk: Bytes::from_static(b"chunk\n"), left: 3 }.boxed(),
+                        "/big" => Chunks { chunk: Bytes::from(vec![b'x'; 64 * 1024]), left: 64 }.boxed(),
+                        "/empty" => Empty::new().boxed(),
+                        _ => Full::new(Bytes::from_static(b"ok")).boxed(),
+                    };
+                    let status = if req.uri().path() == "/empty" { StatusCode::NO_CONTENT } else { StatusCode::OK };
+                    Ok::<_, Infallible>(Response::builder().status(status).body(body).unwrap_or_default())
+                });
+                if close_after_each {
+                    // One response, then a bare close: no `connection: close`.
+                    let mut stream = stream;
+                    if read_head(&mut stream).await.is_ok() {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                } else {
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                }
+                c.closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    Ok((addr, counts))
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_upstream_connection_serves_sequential_requests_of_every_body_kind() -> TestResult {
+    let (a, counts) = counting_upstream(false).await?;
+    let mut f = Fixture::new();
+    let s = f.service(vec![a]);
+    f.route("", prefix("/"), backends(s));
+    let p = start(&f).await?;
+    for round in 0..5 {
+        // A fresh client connection each time: the upstream one is pooled
+        // by the proxy, not tied to the client's.
+        let ok = get(p.addr, "a.example", "/").await?;
+        assert_eq!((ok.status, &ok.body[..]), (StatusCode::OK, &b"ok"[..]), "round {round}");
+        let chunked = get(p.addr, "a.example", "/chunked").await?;
+        assert_eq!(&chunked.body[..], b"chunk\nchunk\nchunk\n", "round {round}");
+        assert_eq!(get(p.addr, "a.example", "/empty").await?.status, StatusCode::NO_CONTENT);
+        let head = send(p.addr, Request::head("/").header("host", "a.example").body(Empty::<Bytes>::new())?).await?;
+        assert_eq!(head.status, StatusCode::OK);
+    }
+    assert_eq!(counts.accepted(), 1, "every request reused the first upstream connection");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_response_abandoned_midway_closes_its_upstream_connection_and_the_next_is_clean() -> TestResult {
+    let (a, counts) = counting_upstream(false).await?;
+    let mut f = Fixture::new();
+    let s = f.service(vec![a]);
+    f.route("", prefix("/"), backends(s));
+    let p = start(&f).await?;
+
+    // Read the head of a 4 MiB response, then hang up.
+    let mut client = TcpStream::connect(p.addr).await?;
+    client.write_all(b"GET /big HTTP/1.1\r\nhost: a.example\r\n\r\n").await?;
+    let head = read_head(&mut client).await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(client);
+    wait_for("the upstream connection of the abandoned response to close", || counts.closed() == 1).await?;
+
+    // The rest of that body must not leak into the next response.
+    let ok = get(p.addr, "a.example", "/").await?;
+    assert_eq!((ok.status, &ok.body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(counts.accepted(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_never_costs_a_request() -> TestResult {
+    let (a, counts) = counting_upstream(true).await?;
+    let mut f = Fixture::new();
+    let s = f.service(vec![a]);
+    f.route("", prefix("/"), backends(s));
+    let p = start(&f).await?;
+    for i in 0..20 {
+        let resp = get(p.addr, "a.example", "/").await?;
+        assert_eq!((resp.status, &resp.body[..]), (StatusCode::OK, &b"ok"[..]), "request {i}");
+        // The pooled connection is closed by the upstream now; the proxy
+        // may or may not have noticed yet.
+        wait_for("the upstream to close the connection", || counts.closed() == i + 1).await?;
+    }
+    assert_eq!(counts.accepted(), 20, "the upstream closed each connection after one response");
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_idle_timeout() -> TestResult {
+    let (a, counts) = counting_upstream(false).await?;
+    let mut f = Fixture::new();
+    let s = f.service(vec![a]);
+    f.route("", prefix("/"), backends(s));
+    let config = ProxyConfig { idle_upstream_timeout: Duration::from_millis(200), ..ProxyConfig::default() };
+    let p = start_with(&f, config).await?;
+    assert_eq!(get(p.addr, "a.example", "/").await?.status, StatusCode::OK);
+    assert_eq!(counts.closed(), 0);
+    wait_for("the idle upstream connection to close", || counts.closed() == 1).await?;
+    assert_eq!(get(p.addr, "a.example", "/").await?.status, StatusCode::OK);
+    assert_eq!(counts.accepted(), 2, "a new connection after the idle one closed");
+    Ok(())
+}
