@@ -148,7 +148,9 @@ impl Pool {
                 },
             }
         }
-        let (mut tx, idle) = self.connect_http1(addr, tls).await.map_err(SendError::Connect)?;
+        // Boxed: connecting (a TLS handshake's state especially) is large
+        // and rare; inline it would be copied with every request's future.
+        let (mut tx, idle) = Box::pin(self.connect_http1(addr, tls)).await.map_err(SendError::Connect)?;
         let resp = tx.send_request(req).await.map_err(SendError::Request)?;
         Ok((resp, Reuse { key, tx, idle }))
     }
@@ -165,7 +167,7 @@ impl Pool {
         let mut tx = match shared {
             Some(tx) => tx,
             None => {
-                let tx = self.connect_h2c(addr).await.map_err(SendError::Connect)?;
+                let tx = Box::pin(self.connect_h2c(addr)).await.map_err(SendError::Connect)?;
                 IDLE.with(|idle| idle.borrow_mut().h2.insert(key, tx.clone()));
                 tx
             }
