@@ -220,9 +220,22 @@ fn a_policy_from_the_api_reaches_the_tls_backend_gets_ancestor_status_and_follow
         .find(|d| d["kind"] == "BackendTLSPolicy" && d["metadata"]["name"] == "normative-test")
         .expect("normative-test policy");
     normative["status"] = json!({"ancestors": [foreign.clone()]});
-    let c = Cluster::new(&[normative], json!({}));
+    // Unrelated ConfigMaps, sorted before the CA bundles: the ConfigMap
+    // list takes several pages.
+    let mut extra = vec![normative];
+    for i in 0..120 {
+        extra.push(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": format!("filler-{i:03}"), "namespace": "aaa-other"},
+            "data": {"settings": "x".repeat(2048)},
+        }));
+    }
+    let c = Cluster::new(&extra, json!({}));
     let s = c.sluice(&["--watch-configmaps"], &[], true);
     let addr = s.addr_of(SAME_NAMESPACE, 80);
+    let reqs = c.api.requests();
+    assert!(reqs.iter().any(|r| r.contains("/configmaps?") && r.contains("continue=")), "{reqs:?}");
 
     // Valid CA + hostname: 200 from tls-backend with the policy hostname as
     // SNI; a hostname the certificate lacks, or a foreign CA: 5xx.

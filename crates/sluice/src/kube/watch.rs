@@ -78,6 +78,9 @@ pub const KINDS: &[Kind] = &[
 /// BackendTLSPolicies), cached as their `ca.crt` alone.
 pub const CONFIG_MAPS: Kind = Kind { trim: Some(trim_config_map), ..kind("", "v1", "ConfigMap", "configmaps", true) };
 
+/// ConfigMaps per list page (kube-runtime's default is 500).
+const CONFIG_MAP_PAGE: u32 = 50;
+
 /// What a ConfigMap cache keeps: identity, creation time and `ca.crt`.
 fn trim_config_map(o: &mut DynamicObject) {
     let m = &mut o.metadata;
@@ -216,10 +219,13 @@ impl Caches {
                 if let Some(f) = k.fields {
                     config = config.fields(f);
                 }
-                if k.kind == CONFIG_MAPS.kind
-                    && let Some(labels) = opt_in.config_maps.as_deref().filter(|l| !l.is_empty())
-                {
-                    config = config.labels(labels);
+                if k.kind == CONFIG_MAPS.kind {
+                    // Smaller list pages: a page of large ConfigMaps is held
+                    // whole while it is parsed, before trimming.
+                    config = config.page_size(CONFIG_MAP_PAGE);
+                    if let Some(labels) = opt_in.config_maps.as_deref().filter(|l| !l.is_empty()) {
+                        config = config.labels(labels);
+                    }
                 }
                 let trim = k.trim.unwrap_or(|_| {});
                 let writer = Writer::new(ar);

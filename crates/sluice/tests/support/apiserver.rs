@@ -2,7 +2,8 @@
 //!
 //! It speaks the protocol the real kube client uses, over plain HTTP/1.1 on
 //! 127.0.0.1: `GET` lists (with `metadata.resourceVersion`, namespace and
-//! `fieldSelector` and `labelSelector` (equality terms) filtering), `?watch=true` chunked streams of JSON watch
+//! `fieldSelector` and `labelSelector` (equality terms) filtering, pages by
+//! `limit`/`continue`), `?watch=true` chunked streams of JSON watch
 //! events replayed from the requested `resourceVersion` (with periodic
 //! `BOOKMARK`s, and an `ERROR` event with code 410 Gone when that version
 //! has been compacted, which forces the client to re-list), `GET`/`POST`/
@@ -434,20 +435,31 @@ fn list(shared: &Shared, t: &Target, q: &str) -> Value {
     let db = shared.db.lock().expect("db");
     let fields = query(q, "fieldSelector");
     let labels = query(q, "labelSelector");
-    let items: Vec<Value> = db
+    // Pages: `limit`, and `continue` = the offset of the next page.
+    let limit = query(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let offset = query(q, "continue").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let mut items: Vec<Value> = db
         .objects
         .get(&t.res)
         .into_iter()
         .flatten()
         .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
         .filter(|(_, o)| field_matches(o, fields.as_deref()) && labels_match(o, labels.as_deref()))
+        .skip(offset)
+        .take(limit.saturating_add(1))
         .map(|(_, o)| o.clone())
         .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
     let kind = kind_of(&t.res);
+    let mut metadata = json!({"resourceVersion": db.rv.to_string()});
+    if more {
+        metadata["continue"] = json!((offset + limit).to_string());
+    }
     json!({
         "kind": format!("{kind}List"),
         "apiVersion": resource_of(kind).map_or("v1", |r| r.0),
-        "metadata": {"resourceVersion": db.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }
