@@ -245,6 +245,13 @@ fn a_policy_from_the_api_reaches_the_tls_backend_gets_ancestor_status_and_follow
         wait_status(&s, addr, path, 500..=599);
     }
 
+    // With CA bundles watched, the GatewayClass advertises the feature.
+    let gc = wait_until(WAIT, || {
+        c.api.get("GatewayClass", "", "sluice").and_then(|g| g.pointer("/status/supportedFeatures").cloned())
+    });
+    let features = gc.unwrap_or_else(|| panic!("no supportedFeatures; stderr:\n{}", s.stderr()));
+    assert!(features.as_array().is_some_and(|f| f.contains(&json!({"name": "BackendTLSPolicy"}))), "{features}");
+
     // Status: one entry per ancestor Gateway (the HTTP Gateway, and the
     // HTTPS one through the re-encrypt route), the foreign entry kept.
     let ok = ("True", "Accepted");
@@ -316,9 +323,13 @@ fn without_watch_configmaps_a_policy_says_why_its_ca_cannot_be_seen() {
     assert!(msg.contains("does not watch ConfigMaps") && msg.contains("--watch-configmaps"), "{msg}");
     assert!(msg.contains("deploy/components/backend-tls-ca"), "{msg}");
     wait_status(&s, addr, "/backendtlspolicy", 500..=500);
-    // ConfigMaps were never asked for.
+    // ConfigMaps were never asked for, and the feature is not advertised.
     let reqs = c.api.requests();
     assert!(!reqs.iter().any(|r| r.contains("/configmaps")), "{reqs:?}");
+    let gc = c.api.get("GatewayClass", "", "sluice").expect("GatewayClass");
+    let features = gc.pointer("/status/supportedFeatures").cloned().unwrap_or_default();
+    assert!(features.as_array().is_some_and(|f| f.contains(&json!({"name": "HTTPRoute"}))), "{features}");
+    assert!(!features.as_array().is_some_and(|f| f.contains(&json!({"name": "BackendTLSPolicy"}))), "{features}");
 }
 
 #[test]

@@ -59,6 +59,18 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ReferenceGrant",
 ];
 
+/// Features supported only when ConfigMaps (CA bundles) are watched
+/// (`--watch-configmaps`): without them a policy has no usable CA.
+pub const CONFIG_MAP_FEATURES: &[&str] = &["BackendTLSPolicy", "BackendTLSPolicySANValidation"];
+
+/// The GatewayClass `supportedFeatures`, sorted.
+pub fn supported_features(watch_configmaps: bool) -> Vec<&'static str> {
+    let extra = if watch_configmaps { CONFIG_MAP_FEATURES } else { &[] };
+    let mut all: Vec<&'static str> = SUPPORTED_FEATURES.iter().chain(extra).copied().collect();
+    all.sort_unstable();
+    all
+}
+
 /// `ns/name` → `metadata.generation` of the Gateways of Sluice's classes.
 pub fn programmed_gateways(objects: &Objects, options: &Options) -> BTreeMap<String, i64> {
     use sluice_controller::objects::{generation, name, namespace};
@@ -121,6 +133,7 @@ impl Writer {
             pending: HashMap::new(),
             backoff: HashMap::new(),
             interval: Duration::from_secs_f64(1.0 / f64::from(args.status_qps.max(1))),
+            features: supported_features(args.watch_configmaps),
             writes,
             lagging,
             lag_seconds,
@@ -158,6 +171,8 @@ struct State {
     /// Objects whose last write failed: failures in a row, and when to retry.
     backoff: HashMap<Key, (u32, Instant)>,
     interval: Duration,
+    /// GatewayClass `supportedFeatures`.
+    features: Vec<&'static str>,
     writes: IntCounterVec,
     lagging: IntGauge,
     lag_seconds: prometheus::Gauge,
@@ -267,7 +282,7 @@ impl State {
         // GatewayClasses.
         for s in report.statuses.iter().filter(|s| s.kind == "GatewayClass") {
             let Some(cur) = self.current("GatewayClass", None, &s.name, &s.conditions) else { continue };
-            let features: Vec<Value> = SUPPORTED_FEATURES.iter().map(|f| json!({"name": f})).collect();
+            let features: Vec<Value> = self.features.iter().map(|f| json!({"name": f})).collect();
             out.push(Desired {
                 key: ("GatewayClass", None, s.name.clone()),
                 status: json!({
@@ -570,6 +585,9 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted, SUPPORTED_FEATURES);
+        let with = supported_features(true);
+        assert!(with.windows(2).all(|w| w[0] < w[1]), "{with:?}");
+        assert!(with.contains(&"BackendTLSPolicy") && !supported_features(false).contains(&"BackendTLSPolicy"));
     }
 
     #[test]
