@@ -8,7 +8,8 @@
 //! written by the leader, a CA ConfigMap rotated through the API, the clear
 //! condition without `--watch-configmaps`, a 403 on ConfigMaps and a missing
 //! BackendTLSPolicy CRD not holding readiness back, `--configmap-selector`,
-//! and `wellKnownCACertificates: System`.
+//! `wellKnownCACertificates: System`, and the conformance cases on conflicts
+//! and invalid CA references with their conditions per ancestor.
 
 mod support;
 
@@ -48,6 +49,12 @@ impl Cluster {
     /// `extra` docs are applied after the manifests (a foreign status entry,
     /// say); `labels` go on the CA ConfigMaps.
     fn new(extra: &[Value], labels: Value) -> Self {
+        Self::with(&["backendtlspolicy"], extra, labels)
+    }
+
+    /// [`Cluster::new`] with the conformance manifests `tests/<m>.yaml` for
+    /// each `m` in `manifests`.
+    fn with(manifests: &[&str], extra: &[Value], labels: Value) -> Self {
         let dir = TempDir::new("kube-btls");
         let log_dir = dir.subdir("logs");
         let ca = TestCa::new(dir.path(), "conformance-ca");
@@ -61,7 +68,7 @@ impl Cluster {
         std::fs::write(&crt, &leaf.cert).expect("writing the tls-backend certificate");
         std::fs::write(&key, &leaf.key).expect("writing the tls-backend key");
         let tls_args = ["--tls-cert", crt.to_str().expect("utf-8"), "--tls-key", key.to_str().expect("utf-8")];
-        let (docs, echoes) = support::conformance_docs_with_tls(&["backendtlspolicy"], &log_dir, &tls_args);
+        let (docs, echoes) = support::conformance_docs_with_tls(manifests, &log_dir, &tls_args);
         let api = ApiServer::start();
         for d in &docs {
             api.apply(d);
@@ -185,13 +192,26 @@ fn wait_policy(
     accepted: (&str, &str),
     resolved: (&str, &str),
 ) -> BTreeMap<String, (String, String, String)> {
-    let matches = |c: &BTreeMap<String, (String, String, String)>, t: &str, (st, r): (&str, &str)| {
-        c.get(t).is_some_and(|(a, b, _)| a == st && b == r)
+    wait_policy_with(api, s, name, gateway, accepted, Some(resolved))
+}
+
+/// [`wait_policy`]; `resolved: None` checks that there is no ResolvedRefs.
+fn wait_policy_with(
+    api: &ApiServer,
+    s: &Sluice,
+    name: &str,
+    gateway: &str,
+    accepted: (&str, &str),
+    resolved: Option<(&str, &str)>,
+) -> BTreeMap<String, (String, String, String)> {
+    let matches = |c: &BTreeMap<String, (String, String, String)>, t: &str, want: Option<(&str, &str)>| match want {
+        Some((st, r)) => c.get(t).is_some_and(|(a, b, _)| a == st && b == r),
+        None => !c.contains_key(t),
     };
     let found = wait_until(WAIT, || {
         let p = api.get("BackendTLSPolicy", INFRA_NS, name)?;
         let c = current_conditions(&p, &ancestor(&p, gateway)?)?;
-        (matches(&c, "Accepted", accepted) && matches(&c, "ResolvedRefs", resolved)).then_some(c)
+        (matches(&c, "Accepted", Some(accepted)) && matches(&c, "ResolvedRefs", resolved)).then_some(c)
     });
     found.unwrap_or_else(|| {
         panic!(
@@ -419,4 +439,55 @@ fn well_known_system_ca_certificates_use_the_os_trust_store() {
     wait_tls_ok(&s, addr, "/backendtlspolicy");
     wait_policy(&c.api, &s, "normative-test", "same-namespace", ("True", "Accepted"), ("True", "ResolvedRefs"));
     assert!(s.stderr().contains("System trust store loaded"), "stderr:\n{}", s.stderr());
+}
+
+/// The conformance cases BackendTLSPolicyConflictResolution,
+/// BackendTLSPolicyInvalidCACertificateRef and BackendTLSPolicyInvalidKind
+/// (INDEX.md 91–93) through the API: the conditions land in each policy's
+/// `status.ancestors` entry for Gateway same-namespace, and traffic follows
+/// the winning policies.
+#[test]
+fn conformance_policy_cases_report_per_ancestor() {
+    if !require_curl("conformance_policy_cases_report_per_ancestor") {
+        return;
+    }
+    let manifests = [
+        "backendtlspolicy-conflict-resolution",
+        "backendtlspolicy-invalid-ca-certificate-ref",
+        "backendtlspolicy-invalid-kind",
+    ];
+    let c = Cluster::with(&manifests, &[], json!({}));
+    let s = c.sluice(&["--watch-configmaps"], &[], true);
+    let addr = s.addr_of(SAME_NAMESPACE, 80);
+    let gw = "same-namespace";
+    let (ok, resolved) = (("True", "Accepted"), Some(("True", "ResolvedRefs")));
+    let conflicted = ("False", "Conflicted");
+    for (name, accepted, refs) in [
+        ("conflicted-without-section-name-1", ok, resolved),
+        ("conflicted-without-section-name-2", conflicted, None),
+        ("conflicted-with-section-name-1", ok, resolved),
+        ("conflicted-with-section-name-2", conflicted, None),
+        ("not-conflicted-with-section-name", ok, resolved),
+        ("not-conflicted-without-section-name", ok, resolved),
+        (
+            "nonexistent-ca-certificate-ref",
+            ("False", "NoValidCACertificate"),
+            Some(("False", "InvalidCACertificateRef")),
+        ),
+        ("malformed-ca-certificate-ref", ("False", "NoValidCACertificate"), Some(("False", "InvalidCACertificateRef"))),
+        ("invalid-kind", ("False", "NoValidCACertificate"), Some(("False", "InvalidKind"))),
+    ] {
+        wait_policy_with(&c.api, &s, name, gw, accepted, refs);
+    }
+    // Traffic: the winners' hostnames as SNI; unusable CAs answer 5xx.
+    for (path, sni) in [
+        ("/backendtlspolicy-conflicted-without-section-name", "other.example.com"),
+        ("/backendtlspolicy-not-conflicted-without-section-name", "abc.example.com"),
+    ] {
+        let r = wait_until(WAIT, || get(addr, path).filter(|(st, ..)| *st == 200));
+        assert_eq!(r.and_then(|r| r.2).as_deref(), Some(sni), "{path}; stderr:\n{}", s.stderr());
+    }
+    for path in ["/backendtlspolicy-nonexistent-ca-certificate-ref", "/backendtlspolicy-invalid-kind"] {
+        wait_status(&s, addr, path, 500..=599);
+    }
 }
