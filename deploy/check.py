@@ -52,6 +52,7 @@ STATUS = {
     ("gateway.networking.k8s.io", "gatewayclasses/status"),
     ("gateway.networking.k8s.io", "gateways/status"),
     ("gateway.networking.k8s.io", "httproutes/status"),
+    ("gateway.networking.k8s.io", "backendtlspolicies/status"),
     ("networking.k8s.io", "ingresses/status"),
 }
 READ = {"get", "list", "watch"}
@@ -578,14 +579,22 @@ def check_rbac(docs, dep, err):
     if ("coordination.k8s.io", "leases") not in writes:
         err("no Role for leases in sluice-system")
     # Reads: exactly the watched kinds (secrets may move to namespaced
-    # Roles, configmaps only with the backend-tls-ca component).
-    watch_ns = []
+    # Roles; configmaps exactly when --watch-configmaps is passed, which the
+    # backend-tls-ca component does together with the grant).
+    watch_ns, args = [], []
     if dep:
         args = dep["spec"]["template"]["spec"]["containers"][0].get("args", [])
         watch_ns = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--watch-namespace"]
     expected = set(WATCHED)
-    if ("", "configmaps") in cluster_read:
-        expected.add(("", "configmaps"))
+    configmaps = "--watch-configmaps" in args
+    cm_ns = {n for n, rs in ns_read.items() if ("", "configmaps") in rs}
+    if configmaps:
+        if ("", "configmaps") in cluster_read:
+            expected.add(("", "configmaps"))
+        elif not watch_ns or set(watch_ns) - cm_ns:
+            err("--watch-configmaps without read access to ConfigMaps in every watched namespace")
+    elif ("", "configmaps") in cluster_read or cm_ns:
+        err("ConfigMaps are readable but Sluice is not started with --watch-configmaps (least privilege)")
     if ("", "secrets") not in cluster_read:
         if not watch_ns:
             err("Secrets are not readable cluster-wide and no --watch-namespace limits the watch")
@@ -597,8 +606,8 @@ def check_rbac(docs, dep, err):
         missing, extra = sorted(expected - cluster_read), sorted(cluster_read - expected)
         err(f"cluster-wide read set differs from what Sluice watches: missing {missing}, extra {extra}")
     for n, rs in ns_read.items():
-        if rs != {("", "secrets")}:
-            err(f"namespaced read in {n}: {sorted(rs)} (only Secrets expected)")
+        if not rs <= {("", "secrets"), ("", "configmaps")}:
+            err(f"namespaced read in {n}: {sorted(rs)} (only Secrets and ConfigMaps expected)")
 
 
 def check_networkpolicy(docs, dep, err):
@@ -756,6 +765,10 @@ def mutations():
         "missing watch": lambda d: crole(d)["rules"][0]["resources"].remove("referencegrants"),
         "status missing": lambda d: crole(d)["rules"][1]["resources"].remove("gateways/status"),
         "unknown flag": lambda d: c0(d)["args"].append("--no-such-flag"),
+        "configmaps without the flag": lambda d: crole(d)["rules"].append(
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}),
+        "flag without configmaps": lambda d: c0(d)["args"].append("--watch-configmaps"),
+        "policy status missing": lambda d: crole(d)["rules"][1]["resources"].remove("backendtlspolicies/status"),
         "admin on 0.0.0.0": lambda d: args_replace(d, "$(POD_IP):9901", "0.0.0.0:9901"),
         "bind below 1024": lambda d: args_replace(d, "80=0.0.0.0:8080", "80=0.0.0.0:80"),
         "readiness path": lambda d: c0(d)["readinessProbe"]["httpGet"].update(path="/ready"),

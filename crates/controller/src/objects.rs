@@ -42,6 +42,11 @@ pub struct Objects {
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
     /// ConfigMaps (CA bundles of BackendTLSPolicies).
     pub config_maps: Vec<ConfigMap>,
+    /// Kinds the source could not (fully) see, and why: a reference to an
+    /// object of such a kind that is not here may exist all the same
+    /// (Kubernetes mode: ConfigMaps not watched, forbidden by RBAC, or
+    /// narrowed by a label selector). Empty in file mode.
+    pub unseen: std::collections::BTreeMap<&'static str, String>,
 }
 
 // === impl Objects ===
@@ -191,6 +196,7 @@ impl Objects {
         self.rate_limit_policies.extend_from_slice(&other.rate_limit_policies);
         self.backend_tls_policies.extend_from_slice(&other.backend_tls_policies);
         self.config_maps.extend_from_slice(&other.config_maps);
+        self.unseen.extend(other.unseen.iter().map(|(k, v)| (*k, v.clone())));
     }
 
     /// Whether `self` and `other` differ only in EndpointSlices, so that only
@@ -208,6 +214,7 @@ impl Objects {
             && self.rate_limit_policies == other.rate_limit_policies
             && self.backend_tls_policies == other.backend_tls_policies
             && self.config_maps == other.config_maps
+            && self.unseen == other.unseen
     }
 }
 

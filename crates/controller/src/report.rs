@@ -44,6 +44,12 @@ pub enum Scope {
         /// `port`, if set.
         port: Option<u16>,
     },
+    /// A policy's `status.ancestors[]` entry for one Gateway (the
+    /// conditions are the policy's own, repeated per ancestor).
+    Ancestor {
+        /// `namespace/name` of the Gateway.
+        gateway: String,
+    },
 }
 
 /// Conditions of one object (or of one listener or parentRef of it).
@@ -183,6 +189,7 @@ impl fmt::Display for ObjectStatus {
                     write!(f, " port={p}")?;
                 }
             }
+            Scope::Ancestor { gateway } => write!(f, " ancestor {gateway}")?,
         }
         for c in &self.conditions {
             write!(f, " {}={}({})", c.type_, c.status, c.reason)?;

@@ -115,6 +115,7 @@ pub fn translate(objects: &Objects, options: &Options) -> Translation {
     gateway::translate(objects, options, &mut input, &mut services, &mut report);
     ingress::translate(objects, options, &mut input, &mut services, &mut report);
     let rate_limits = crate::ratelimit::attach(objects, &mut input, &mut report);
+    backendtls::ancestors(&services.tls, objects, &mut report);
     input.services = services.list;
     input.h2c_backends = services.h2c;
     input.upstream_tls = services.upstream_tls;

@@ -8,15 +8,25 @@
 //! `namespace/name`), the other is `Accepted=False/Conflicted`; a policy
 //! naming a port wins over one naming the whole Service for that port.
 //!
-//! A policy Sluice cannot meet (no usable CA, `wellKnownCACertificates`,
-//! which Sluice does not support, a bad hostname) makes its backends
-//! invalid: routes to them report `ResolvedRefs=False` and their share of
-//! traffic answers 500 (`semantics.md` §2, "BackendTLSPolicy present that
-//! the implementation cannot meet").
+//! `wellKnownCACertificates: System` uses the operating system's trust store
+//! (read once, on first use, through `rustls-native-certs`: the usual files
+//! under `/etc/ssl`, or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+//!
+//! A policy Sluice cannot meet (no usable CA, an unknown
+//! `wellKnownCACertificates` value or an empty system store, a bad
+//! hostname) makes its backends invalid: routes to them report
+//! `ResolvedRefs=False` and their share of traffic answers 500
+//! (`semantics.md` §2, "BackendTLSPolicy present that the implementation
+//! cannot meet").
+//!
+//! Status: the policy's conditions (scope `Object`) and, once routes are
+//! translated, the same conditions once per ancestor Gateway (scope
+//! `Ancestor`): every Gateway of Sluice's with an accepted HTTPRoute whose
+//! backendRef is a Service port the policy targets ([`ancestors`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use gateway_api::backendtlspolicies::{BackendTlsPolicy, BackendTlsPolicyValidationSubjectAltNamesType as SanType};
 use k8s_openapi::api::core::v1::Service;
@@ -33,12 +43,21 @@ use crate::report::{Condition, ObjectStatus, Report, Scope, Severity};
 /// Kind name in reports.
 pub const KIND: &str = "BackendTLSPolicy";
 
+/// Most ancestors one policy lists (the CRD's `maxItems`).
+const MAX_ANCESTORS: usize = 16;
+
 /// Resolved policies by target.
 #[derive(Debug, Default)]
 pub(crate) struct Policies {
     /// `(namespace, service, port name or "")` → the winning policy.
     by_target: BTreeMap<(String, String, String), Resolved>,
+    /// Every policy (conflicted ones too), to find ancestors.
+    targets: Vec<PolicyTargets>,
 }
+
+/// A policy `(namespace, name)` and its Service targets `(service, port
+/// name or "")`.
+type PolicyTargets = ((String, String), Vec<(String, String)>);
 
 /// What the winning policy of a target resolved to.
 #[derive(Clone, Debug)]
@@ -95,6 +114,14 @@ impl Policies {
                     targets.push(key);
                 }
             }
+            let all: Vec<(String, String)> = p
+                .spec
+                .target_refs
+                .iter()
+                .filter(|t| (t.group.is_empty() || t.group == "core") && t.kind == "Service")
+                .map(|t| (t.name.clone(), t.section_name.clone().unwrap_or_default()))
+                .collect();
+            out.targets.push(((ns.clone(), pname.clone()), all));
             let mut conditions = Vec::new();
             if let Some((_, svc, section)) = conflicted {
                 let target = if section.is_empty() { svc } else { format!("{svc} port {section}") };
@@ -166,18 +193,29 @@ fn resolve(
             return (invalid(msg.clone()), vec![Condition::new("Accepted", false, "Invalid", msg, gen_)]);
         }
     };
-    if let Some(w) = &v.well_known_ca_certificates {
-        let msg = format!(
-            "validation.wellKnownCACertificates {w:?} is not supported by Sluice (no system trust store); \
-             use caCertificateRefs"
-        );
-        report.push(Severity::Warning, format!("{KIND} {ns}/{pname}"), "spec.validation.wellKnownCACertificates", &msg);
-        return (invalid(msg.clone()), vec![Condition::new("Accepted", false, "Invalid", msg, gen_)]);
-    }
-
     let mut roots = RootCertStore::empty();
     let mut bundle: Vec<u8> = Vec::new();
     let mut bad: Option<(&'static str, String)> = None;
+    if let Some(w) = v.well_known_ca_certificates.as_deref().filter(|w| !w.is_empty()) {
+        let store = match w {
+            "System" => system_roots(),
+            _ => Err(format!(
+                "validation.wellKnownCACertificates {w:?} is not supported (Sluice knows \"System\"); \
+                 use caCertificateRefs"
+            )),
+        };
+        match store {
+            Ok(system) => {
+                roots = system.as_ref().clone();
+                bundle.extend_from_slice(b"wellKnownCACertificates: System");
+            }
+            Err(msg) => {
+                let field = "spec.validation.wellKnownCACertificates";
+                report.push(Severity::Warning, format!("{KIND} {ns}/{pname}"), field, &msg);
+                return (invalid(msg.clone()), vec![Condition::new("Accepted", false, "Invalid", msg, gen_)]);
+            }
+        }
+    }
     for (i, r) in v.ca_certificate_refs.iter().flatten().enumerate() {
         let field = format!("spec.validation.caCertificateRefs[{i}]");
         let failure = if !(r.group.is_empty() || r.group == "core") || r.kind != "ConfigMap" {
@@ -237,17 +275,119 @@ fn resolve(
     (Resolved::Valid(Arc::new(tls)), conditions)
 }
 
+/// The operating system's trust store, read once (on first use) and kept:
+/// every later compile reuses it.
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "Reading the system trust store");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::info!(added, ignored, "System trust store loaded (wellKnownCACertificates: System)");
+            if roots.is_empty() {
+                Err("validation.wellKnownCACertificates \"System\": the system trust store holds no usable CA \
+                     certificate (install ca-certificates, or set SSL_CERT_FILE / SSL_CERT_DIR)"
+                    .to_string())
+            } else {
+                Ok(Arc::new(roots))
+            }
+        })
+        .clone()
+}
+
+/// Adds one `Ancestor` status per Gateway a policy applies through: every
+/// Gateway of Sluice's that accepted an HTTPRoute with a backendRef to a
+/// Service port the policy targets (`report` already holds the routes'
+/// parent statuses). At most [`MAX_ANCESTORS`] per policy, as the CRD allows.
+pub(crate) fn ancestors(policies: &Policies, objects: &Objects, report: &mut Report) {
+    if policies.targets.is_empty() {
+        return;
+    }
+    // (service namespace, service, port) → Gateways whose routes send there.
+    let mut via: BTreeMap<(String, String, u16), BTreeSet<String>> = BTreeMap::new();
+    for s in &report.statuses {
+        let Scope::Parent { gateway, .. } = &s.scope else { continue };
+        if s.kind != "HTTPRoute" || !s.conditions.iter().any(|c| c.type_ == "Accepted" && c.status == "True") {
+            continue;
+        }
+        let Some(route) =
+            objects.http_routes.iter().find(|r| namespace(&r.metadata) == s.namespace && name(&r.metadata) == s.name)
+        else {
+            continue;
+        };
+        for b in route.spec.rules.iter().flatten().flat_map(|r| r.backend_refs.iter().flatten()) {
+            let group = b.group.as_deref().unwrap_or_default();
+            if !(group.is_empty() || group == "core") || b.kind.as_deref().unwrap_or("Service") != "Service" {
+                continue;
+            }
+            let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) else { continue };
+            let svc_ns = b.namespace.clone().unwrap_or_else(|| s.namespace.clone());
+            via.entry((svc_ns, b.name.clone(), port)).or_default().insert(gateway.clone());
+        }
+    }
+    let index = crate::endpoints::Index::new(objects);
+    let mut add = Vec::new();
+    for ((ns, pname), targets) in &policies.targets {
+        let mut gateways = BTreeSet::new();
+        for ((svc_ns, svc, port), gws) in &via {
+            if svc_ns != ns {
+                continue;
+            }
+            let port_name = || {
+                index
+                    .service(svc_ns, svc)
+                    .and_then(|s| crate::endpoints::service_port(s, *port))
+                    .and_then(|p| p.name.clone())
+                    .unwrap_or_default()
+            };
+            if targets.iter().any(|(t, section)| t == svc && (section.is_empty() || *section == port_name())) {
+                gateways.extend(gws.iter().cloned());
+            }
+        }
+        if gateways.is_empty() {
+            continue;
+        }
+        let Some(own) = report.status(KIND, ns, pname, &Scope::Object).map(|s| s.conditions.clone()) else {
+            continue;
+        };
+        if gateways.len() > MAX_ANCESTORS {
+            report.push(
+                Severity::Warning,
+                format!("{KIND} {ns}/{pname}"),
+                "status.ancestors",
+                format!("applies through {} Gateways; status lists the first {MAX_ANCESTORS}", gateways.len()),
+            );
+        }
+        for gateway in gateways.into_iter().take(MAX_ANCESTORS) {
+            add.push(ObjectStatus {
+                kind: KIND,
+                namespace: ns.clone(),
+                name: pname.clone(),
+                scope: Scope::Ancestor { gateway },
+                conditions: own.clone(),
+            });
+        }
+    }
+    report.statuses.extend(add);
+}
+
 /// The certificates of ConfigMap `ns/name`'s `ca.crt`, and the raw PEM.
 fn ca_certificates<'a>(
     objects: &'a Objects,
     ns: &str,
     cm: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, &'a [u8]), String> {
-    let map = objects
-        .config_maps
-        .iter()
-        .find(|c| namespace(&c.metadata) == ns && name(&c.metadata) == cm)
-        .ok_or_else(|| format!("ConfigMap {ns}/{cm} not found"))?;
+    let map = objects.config_maps.iter().find(|c| namespace(&c.metadata) == ns && name(&c.metadata) == cm).ok_or_else(
+        || match objects.unseen.get("ConfigMap") {
+            // Not found may mean "not visible to Sluice": say why.
+            Some(why) => format!("ConfigMap {ns}/{cm} not found: {why}"),
+            None => format!("ConfigMap {ns}/{cm} not found"),
+        },
+    )?;
     let pem = map
         .data
         .as_ref()
@@ -499,15 +639,15 @@ data:
     }
 
     #[test]
-    fn well_known_system_cas_are_reported_unsupported_and_make_the_backend_invalid() {
+    fn unknown_well_known_cas_are_reported_invalid_and_make_the_backend_invalid() {
         let cas = "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}]";
         let o = objects(&format!(
             "{}{}",
-            policy("sys", "a", None, "a.example", "wellKnownCACertificates: System"),
+            policy("custom", "a", None, "a.example", "wellKnownCACertificates: example.com/custom"),
             policy("ok", "b", None, "b.example", cas)
         ));
         let t = translate(&o, &Options::default());
-        assert_eq!(accepted(&t, "sys"), ("False", "Invalid"));
+        assert_eq!(accepted(&t, "custom"), ("False", "Invalid"));
         assert_eq!(accepted(&t, "ok"), ("True", "Accepted"));
         let route = t.report.statuses.iter().find(|s| s.kind == "HTTPRoute").expect("route status");
         let rr = route.conditions.iter().find(|c| c.type_ == "ResolvedRefs").expect("ResolvedRefs");
@@ -517,6 +657,55 @@ data:
         let tls = &t.input.upstream_tls[0];
         assert_eq!(t.input.services[tls.backend.0 as usize].name, "b");
         assert_eq!(tls.tls.server_name.to_str(), "b.example");
+    }
+
+    #[test]
+    fn ancestors_are_the_gateways_whose_routes_reach_a_targeted_port() {
+        let cas = "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}]";
+        let o = objects(&format!(
+            "{}{}{}{}",
+            policy("a-port", "a", Some("https"), "a.example", cas),
+            policy("a-other-port", "a", Some("metrics"), "a.example", cas),
+            policy("b-conflict", "a", Some("https"), "a.example", cas),
+            policy("unrouted", "c", None, "c.example", cas),
+        ));
+        let t = translate(&o, &Options::default());
+        let ancestors = |name: &str| -> Vec<(String, Vec<(&str, &str)>)> {
+            t.report
+                .statuses
+                .iter()
+                .filter(|s| s.kind == KIND && s.name == name)
+                .filter_map(|s| match &s.scope {
+                    Scope::Ancestor { gateway } => {
+                        Some((gateway.clone(), s.conditions.iter().map(|c| (c.type_, c.reason)).collect()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let accepted = vec![("Accepted", "Accepted"), ("ResolvedRefs", "ResolvedRefs")];
+        assert_eq!(ancestors("a-port"), vec![("ns/web".to_string(), accepted)]);
+        // The conflicted (younger, then by name) policy reports its condition
+        // on the same ancestor.
+        assert_eq!(ancestors("b-conflict"), vec![("ns/web".to_string(), vec![("Accepted", "Conflicted")])]);
+        // A port no route uses, a Service no route uses: no ancestor.
+        assert_eq!(ancestors("a-other-port"), vec![]);
+        assert_eq!(ancestors("unrouted"), vec![]);
+    }
+
+    #[test]
+    fn a_config_map_sluice_cannot_see_is_reported_with_the_reason() {
+        let cas = "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: elsewhere}]";
+        let mut o = objects(&policy("p", "a", None, "a.example", cas));
+        o.unseen.insert("ConfigMap", "Sluice does not watch ConfigMaps".to_string());
+        let t = translate(&o, &Options::default());
+        let c = t.report.condition(KIND, "ns", "p", &Scope::Object, "ResolvedRefs").expect("ResolvedRefs");
+        assert_eq!((c.status, c.reason), ("False", "InvalidCACertificateRef"));
+        assert_eq!(
+            c.message,
+            "spec.validation.caCertificateRefs[0]: ConfigMap ns/elsewhere not found: Sluice does not watch ConfigMaps"
+        );
+        assert_eq!(accepted(&t, "p"), ("False", "NoValidCACertificate"));
     }
 
     #[test]

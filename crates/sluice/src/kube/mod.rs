@@ -62,6 +62,17 @@ pub struct KubeArgs {
     /// Most status writes per second.
     #[arg(long, default_value_t = 20)]
     pub status_qps: u32,
+    /// Watch ConfigMaps, for BackendTLSPolicy CA bundles
+    /// (`caCertificateRefs`). Needs read access to ConfigMaps, which the
+    /// base RBAC does not grant (deploy/components/backend-tls-ca). Only
+    /// each ConfigMap's `ca.crt` is kept in memory.
+    #[arg(long)]
+    pub watch_configmaps: bool,
+    /// With `--watch-configmaps`: watch only ConfigMaps matching this label
+    /// selector (e.g. `sluice.dev/ca-bundle=true`); default: all in the
+    /// watched namespaces.
+    #[arg(long, value_name = "SELECTOR", requires = "watch_configmaps")]
+    pub configmap_selector: Option<String>,
 }
 
 impl KubeArgs {
@@ -120,7 +131,10 @@ pub async fn run(
     registry.register(Box::new(failures.clone()))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let publish_ns = args.publish_service.as_deref().and_then(|p| p.split_once('/')).map(|(ns, _)| ns);
-    let mut caches = watch::Caches::start(&client, &args.watch_namespaces, publish_ns, &tx);
+    let opt_in = watch::OptIn {
+        config_maps: args.watch_configmaps.then(|| args.configmap_selector.clone().unwrap_or_default()),
+    };
+    let mut caches = watch::Caches::start(&client, &args.watch_namespaces, publish_ns, &opt_in, &tx);
     tracing::info!(streams = caches.streams.len(), "Watching the Kubernetes API");
     let (applied_tx, applied_rx) = chan::channel(None::<Applied>);
     let (leader, election) = lease::start(&client, args, registry, applied_rx.clone())?;

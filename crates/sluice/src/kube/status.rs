@@ -8,7 +8,9 @@
 //! `addresses` (from `--publish-service`); HTTPRoute `status.parents` entries
 //! of Sluice's controllerName (others' entries are kept; the patch carries
 //! `resourceVersion`, so a concurrent writer makes it fail with 409 and it is
-//! retried from the refreshed cache); Ingress `status.loadBalancer`.
+//! retried from the refreshed cache); BackendTLSPolicy `status.ancestors`
+//! entries of Sluice's controllerName, one per ancestor Gateway (the same
+//! rules as HTTPRoute parents); Ingress `status.loadBalancer`.
 //!
 //! Gateway `Programmed=True` additionally needs every live replica to report
 //! (in its Lease, see [`super::lease`]) that it has applied the Gateway's
@@ -56,6 +58,18 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];
+
+/// Features supported only when ConfigMaps (CA bundles) are watched
+/// (`--watch-configmaps`): without them a policy has no usable CA.
+pub const CONFIG_MAP_FEATURES: &[&str] = &["BackendTLSPolicy", "BackendTLSPolicySANValidation"];
+
+/// The GatewayClass `supportedFeatures`, sorted.
+pub fn supported_features(watch_configmaps: bool) -> Vec<&'static str> {
+    let extra = if watch_configmaps { CONFIG_MAP_FEATURES } else { &[] };
+    let mut all: Vec<&'static str> = SUPPORTED_FEATURES.iter().chain(extra).copied().collect();
+    all.sort_unstable();
+    all
+}
 
 /// `ns/name` → `metadata.generation` of the Gateways of Sluice's classes.
 pub fn programmed_gateways(objects: &Objects, options: &Options) -> BTreeMap<String, i64> {
@@ -119,6 +133,7 @@ impl Writer {
             pending: HashMap::new(),
             backoff: HashMap::new(),
             interval: Duration::from_secs_f64(1.0 / f64::from(args.status_qps.max(1))),
+            features: supported_features(args.watch_configmaps),
             writes,
             lagging,
             lag_seconds,
@@ -156,6 +171,8 @@ struct State {
     /// Objects whose last write failed: failures in a row, and when to retry.
     backoff: HashMap<Key, (u32, Instant)>,
     interval: Duration,
+    /// GatewayClass `supportedFeatures`.
+    features: Vec<&'static str>,
     writes: IntCounterVec,
     lagging: IntGauge,
     lag_seconds: prometheus::Gauge,
@@ -265,7 +282,7 @@ impl State {
         // GatewayClasses.
         for s in report.statuses.iter().filter(|s| s.kind == "GatewayClass") {
             let Some(cur) = self.current("GatewayClass", None, &s.name, &s.conditions) else { continue };
-            let features: Vec<Value> = SUPPORTED_FEATURES.iter().map(|f| json!({"name": f})).collect();
+            let features: Vec<Value> = self.features.iter().map(|f| json!({"name": f})).collect();
             out.push(Desired {
                 key: ("GatewayClass", None, s.name.clone()),
                 status: json!({
@@ -398,6 +415,7 @@ impl State {
                 precondition: true,
             });
         }
+        out.extend(self.policy_ancestors(report));
         // Ingresses.
         if let Some(addrs) = &addresses {
             let served =
@@ -411,6 +429,56 @@ impl State {
                     precondition: false,
                 });
             }
+        }
+        out
+    }
+
+    /// BackendTLSPolicies: `status.ancestors` entries of Sluice's
+    /// controllerName, one per ancestor Gateway; other controllers' entries
+    /// are kept, and the list never grows past the CRD's 16 entries.
+    fn policy_ancestors(&self, report: &Report) -> Vec<Desired> {
+        const KIND: &str = "BackendTLSPolicy";
+        const MAX: usize = 16;
+        let mut ours: BTreeMap<(String, String), Vec<&sluice_controller::ObjectStatus>> = BTreeMap::new();
+        for s in report.statuses.iter().filter(|s| s.kind == KIND && matches!(s.scope, Scope::Ancestor { .. })) {
+            ours.entry((s.namespace.clone(), s.name.clone())).or_default().push(s);
+        }
+        let controller = self.options.gateway_controller.as_str();
+        let is_ours = |a: &Value| a.get("controllerName").and_then(Value::as_str) == Some(controller);
+        let mut out = Vec::new();
+        for policy in self.readers.all(KIND) {
+            let ns = policy.metadata.namespace.clone().unwrap_or_default();
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            let entries = ours.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
+            let current =
+                policy.data.pointer("/status/ancestors").and_then(Value::as_array).cloned().unwrap_or_default();
+            if entries.is_empty() && !current.iter().any(is_ours) {
+                continue;
+            }
+            if let Some(g) = entries.first().and_then(|e| e.conditions.first()).map(|c| c.observed_generation)
+                && policy.metadata.generation.is_some_and(|cur| cur != g)
+            {
+                continue; // the applied table predates this spec
+            }
+            let mut new: Vec<Value> = current.iter().filter(|a| !is_ours(a)).cloned().collect();
+            let room = MAX.saturating_sub(new.len());
+            for e in entries.into_iter().take(room) {
+                let Scope::Ancestor { gateway } = &e.scope else { continue };
+                let (gw_ns, gw_name) = gateway.split_once('/').unwrap_or(("", gateway));
+                let cur = current.iter().find(|a| {
+                    is_ours(a) && {
+                        let r = a.get("ancestorRef").cloned().unwrap_or_default();
+                        r.get("name").and_then(Value::as_str) == Some(gw_name)
+                            && r.get("namespace").and_then(Value::as_str).unwrap_or(&ns) == gw_ns
+                    }
+                });
+                new.push(json!({
+                    "ancestorRef": {"group": GROUP, "kind": "Gateway", "namespace": gw_ns, "name": gw_name},
+                    "controllerName": controller,
+                    "conditions": merge_conditions(cur.and_then(|c| c.get("conditions")), &e.conditions),
+                }));
+            }
+            out.push(Desired { key: (KIND, Some(ns), name), status: json!({"ancestors": new}), precondition: true });
         }
         out
     }
@@ -517,6 +585,9 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted, SUPPORTED_FEATURES);
+        let with = supported_features(true);
+        assert!(with.windows(2).all(|w| w[0] < w[1]), "{with:?}");
+        assert!(with.contains(&"BackendTLSPolicy") && !supported_features(false).contains(&"BackendTLSPolicy"));
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! kube-runtime reflector, and fed as JSON into [`Objects::add_value`], the
 //! code path the file source uses. Watching one more kind is one line in
 //! [`KINDS`] (plus its arm in `Objects::add_value`).
+//!
+//! ConfigMaps (BackendTLSPolicy CA bundles) are opt-in ([`CONFIG_MAPS`],
+//! `--watch-configmaps`): the base RBAC grants none. Their cache keeps only
+//! `data["ca.crt"]` and the object's identity, so a cluster full of large
+//! ConfigMaps costs little memory. A kind the API server forbids (403) or
+//! does not serve (404) counts as empty and never holds readiness back; a
+//! policy whose ConfigMap Sluice cannot see says why in its conditions
+//! (`Objects::unseen`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +41,9 @@ pub struct Kind {
     pub namespaced: bool,
     /// Field selector (Secrets: only `kubernetes.io/tls`).
     pub fields: Option<&'static str>,
+    /// Strips each object before it is cached (what translation does not
+    /// read need not stay in memory).
+    pub trim: Option<fn(&mut DynamicObject)>,
 }
 
 const fn kind(
@@ -42,7 +53,7 @@ const fn kind(
     plural: &'static str,
     namespaced: bool,
 ) -> Kind {
-    Kind { group, version, kind, plural, namespaced, fields: None }
+    Kind { group, version, kind, plural, namespaced, fields: None, trim: None }
 }
 
 const GW: &str = "gateway.networking.k8s.io";
@@ -60,7 +71,30 @@ pub const KINDS: &[Kind] = &[
     kind("", "v1", "Namespace", "namespaces", false),
     Kind { fields: Some("type=kubernetes.io/tls"), ..kind("", "v1", "Secret", "secrets", true) },
     kind("policy.sluice.dev", "v1alpha1", "RateLimitPolicy", "ratelimitpolicies", true),
+    kind(GW, "v1", "BackendTLSPolicy", "backendtlspolicies", true),
 ];
+
+/// ConfigMaps, watched only with `--watch-configmaps` (CA bundles of
+/// BackendTLSPolicies), cached as their `ca.crt` alone.
+pub const CONFIG_MAPS: Kind = Kind { trim: Some(trim_config_map), ..kind("", "v1", "ConfigMap", "configmaps", true) };
+
+/// ConfigMaps per list page (kube-runtime's default is 500).
+const CONFIG_MAP_PAGE: u32 = 50;
+
+/// What a ConfigMap cache keeps: identity, creation time and `ca.crt`.
+fn trim_config_map(o: &mut DynamicObject) {
+    let m = &mut o.metadata;
+    m.annotations = None;
+    m.labels = None;
+    m.managed_fields = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    let ca = o.data.pointer("/data/ca.crt").cloned();
+    o.data = match ca {
+        Some(ca) => serde_json::json!({"data": {"ca.crt": ca}}),
+        None => serde_json::json!({}),
+    };
+}
 
 impl Kind {
     /// The kube `ApiResource`.
@@ -93,6 +127,9 @@ pub enum WatchEvent {
     /// The kind is not served (its CRD is not installed): it counts as
     /// synced and empty, and the watch keeps retrying.
     Missing(usize),
+    /// Listing the kind is forbidden (403, RBAC): like `Missing`, it counts
+    /// as synced and empty, and the watch keeps retrying.
+    Forbidden(usize),
     /// The watch failed (it is retried with backoff). `relist`: the
     /// watcher must list again (410 Gone, failed list), so the stream's cache
     /// is stale until it has.
@@ -109,6 +146,8 @@ pub struct Stream {
     pub store: Store<DynamicObject>,
     /// Whether the cache holds a complete list (false during a re-list).
     pub synced: bool,
+    /// The last list was forbidden (403): the cache is empty by necessity.
+    pub forbidden: bool,
     /// The cache changed since `typed` was refreshed.
     dirty: bool,
     /// Each object as translation input, by (namespace, name), with the
@@ -126,22 +165,37 @@ struct Typed {
 
 /// The caches of every watched kind.
 pub struct Caches {
-    /// The reflectors, in [`KINDS`] order.
+    /// The reflectors, in [`KINDS`] order (then [`CONFIG_MAPS`]).
     pub streams: Vec<Stream>,
+    /// `--configmap-selector` when ConfigMaps are watched (`""`: all).
+    config_maps: Option<String>,
+    /// The `Objects::unseen` notes last handed to translation.
+    unseen: BTreeMap<&'static str, String>,
+}
+
+/// Which optional kinds to watch.
+#[derive(Clone, Debug, Default)]
+pub struct OptIn {
+    /// Watch ConfigMaps with this label selector (`""`: every ConfigMap
+    /// in the watched namespaces); `None`: not at all.
+    pub config_maps: Option<String>,
 }
 
 impl Caches {
     /// Starts one reflector per kind (per namespace in `namespaces` for
     /// namespaced kinds, when given; Services also in `publish_ns`, the
-    /// publish Service's namespace), reporting to `tx`.
+    /// publish Service's namespace), and for the kinds `opt_in` names,
+    /// reporting to `tx`.
     pub fn start(
         client: &kube::Client,
         namespaces: &[String],
         publish_ns: Option<&str>,
+        opt_in: &OptIn,
         tx: &mpsc::UnboundedSender<WatchEvent>,
     ) -> Self {
         let mut streams = Vec::new();
-        for k in KINDS {
+        let optional = opt_in.config_maps.as_ref().map(|_| &CONFIG_MAPS);
+        for k in KINDS.iter().chain(optional) {
             let scopes: Vec<Option<String>> = if k.namespaced && !namespaces.is_empty() {
                 let mut ns = namespaces.to_vec();
                 if k.kind == "Service"
@@ -165,13 +219,23 @@ impl Caches {
                 if let Some(f) = k.fields {
                     config = config.fields(f);
                 }
+                if k.kind == CONFIG_MAPS.kind {
+                    // Smaller list pages: a page of large ConfigMaps is held
+                    // whole while it is parsed, before trimming.
+                    config = config.page_size(CONFIG_MAP_PAGE);
+                    if let Some(labels) = opt_in.config_maps.as_deref().filter(|l| !l.is_empty()) {
+                        config = config.labels(labels);
+                    }
+                }
+                let trim = k.trim.unwrap_or(|_| {});
                 let writer = Writer::new(ar);
                 let store = writer.as_reader();
                 let index = streams.len();
                 let tx = tx.clone();
                 let what = format!("{}{}", k.kind, ns.as_deref().map(|n| format!(" in {n}")).unwrap_or_default());
                 tokio::spawn(async move {
-                    let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
+                    let stream =
+                        reflector::reflector(writer, watcher::watcher(api, config).modify(trim)).default_backoff();
                     let mut stream = std::pin::pin!(stream);
                     while let Some(ev) = stream.next().await {
                         let msg = match ev {
@@ -181,6 +245,9 @@ impl Caches {
                             Ok(Event::Apply(_) | Event::Delete(_)) => WatchEvent::Changed(index),
                             Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
                                 WatchEvent::Missing(index)
+                            }
+                            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 403 => {
+                                WatchEvent::Forbidden(index)
                             }
                             Err(e) => {
                                 tracing::warn!(watch = %what, error = %e, "Watch failed; retrying");
@@ -202,12 +269,13 @@ impl Caches {
                     namespace: ns,
                     store,
                     synced: false,
+                    forbidden: false,
                     dirty: true,
                     typed: BTreeMap::new(),
                 });
             }
         }
-        Self { streams }
+        Self { streams, config_maps: opt_in.config_maps.clone(), unseen: BTreeMap::new() }
     }
 
     /// Records a watch event; returns whether the caches changed.
@@ -220,8 +288,24 @@ impl Caches {
             WatchEvent::Synced(i) => {
                 if let Some(s) = self.streams.get_mut(i) {
                     s.synced = true;
+                    s.forbidden = false;
                     s.dirty = true;
                 }
+                true
+            }
+            WatchEvent::Forbidden(i) => {
+                let Some(s) = self.streams.get_mut(i) else { return false };
+                if s.synced || !s.store.is_empty() {
+                    return false;
+                }
+                tracing::warn!(
+                    kind = s.kind.kind,
+                    namespace = s.namespace.as_deref().unwrap_or("*"),
+                    "Listing forbidden by RBAC (403); treated as empty, retrying"
+                );
+                s.synced = true;
+                s.forbidden = true;
+                s.dirty = true;
                 true
             }
             WatchEvent::Missing(i) => {
@@ -284,6 +368,8 @@ impl Caches {
                 report.diagnostics.extend(t.report.diagnostics.iter().cloned());
             }
         }
+        self.unseen = self.unseen_now();
+        objects.unseen = self.unseen.clone();
         (objects, report)
     }
 
@@ -293,8 +379,33 @@ impl Caches {
     pub fn refresh(&mut self) -> Vec<&'static str> {
         let mut kinds: Vec<&'static str> =
             self.streams.iter_mut().filter_map(|s| s.refresh().then_some(s.kind.kind)).collect();
+        if self.unseen_now() != self.unseen {
+            kinds.push(CONFIG_MAPS.kind);
+        }
         kinds.dedup();
         kinds
+    }
+
+    /// Why ConfigMaps a policy names may be invisible (for its conditions).
+    fn unseen_now(&self) -> BTreeMap<&'static str, String> {
+        let cm = CONFIG_MAPS.kind;
+        let why = match &self.config_maps {
+            None => Some(
+                "Sluice does not watch ConfigMaps; start it with --watch-configmaps and grant it read access \
+                 to ConfigMaps (deploy/components/backend-tls-ca)"
+                    .to_string(),
+            ),
+            Some(_) if self.streams.iter().any(|s| s.kind.kind == cm && s.forbidden) => Some(
+                "Sluice may not list ConfigMaps (403 Forbidden); grant it read access to ConfigMaps \
+                 (deploy/components/backend-tls-ca)"
+                    .to_string(),
+            ),
+            Some(sel) if !sel.is_empty() => {
+                Some(format!("Sluice watches only ConfigMaps matching --configmap-selector {sel:?}"))
+            }
+            Some(_) => None,
+        };
+        why.map(|w| BTreeMap::from([(cm, w)])).unwrap_or_default()
     }
 
     /// Every cached EndpointSlice, converting only changed caches; the rest
@@ -337,7 +448,7 @@ impl Readers {
 
     /// The kind named `kind`.
     pub fn kind(kind: &str) -> Option<&'static Kind> {
-        KINDS.iter().find(|k| k.kind == kind)
+        KINDS.iter().chain([&CONFIG_MAPS]).find(|k| k.kind == kind)
     }
 }
 
@@ -403,7 +514,7 @@ mod tests {
     #[test]
     fn every_kind_parses_into_objects() {
         // Each watched kind is one `Objects::add_value` knows.
-        for k in KINDS {
+        for k in KINDS.iter().chain([&CONFIG_MAPS]) {
             let obj = DynamicObject::new("x", &k.resource()).within("ns").data(serde_json::json!({
                 "status": {"anything": 1},
             }));
@@ -416,5 +527,24 @@ mod tests {
             // is recognised (an error names it) rather than skipped.
             assert!(objects.len() == 1 || report.has_errors(), "{} was skipped", k.kind);
         }
+    }
+
+    #[test]
+    fn config_maps_are_cached_as_their_ca_bundle_only() {
+        let mut obj = DynamicObject::new("ca", &CONFIG_MAPS.resource()).within("ns").data(serde_json::json!({
+            "data": {"ca.crt": "PEM", "other": "x".repeat(100_000)},
+            "binaryData": {"blob": "AAAA"},
+        }));
+        obj.metadata.annotations =
+            Some([("kubectl.kubernetes.io/last-applied-configuration".into(), "{}".into())].into());
+        obj.metadata.labels = Some([("a".into(), "b".into())].into());
+        trim_config_map(&mut obj);
+        assert_eq!(obj.data, serde_json::json!({"data": {"ca.crt": "PEM"}}));
+        assert!(obj.metadata.annotations.is_none() && obj.metadata.labels.is_none());
+        assert_eq!(obj.metadata.name.as_deref(), Some("ca"));
+        let mut objects = Objects::default();
+        objects.add_value(translation_input(&CONFIG_MAPS, &obj), "test", &mut Report::default());
+        let data = objects.config_maps[0].data.clone().unwrap_or_default();
+        assert_eq!(data.get("ca.crt").map(String::as_str), Some("PEM"));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! It speaks the protocol the real kube client uses, over plain HTTP/1.1 on
 //! 127.0.0.1: `GET` lists (with `metadata.resourceVersion`, namespace and
-//! `fieldSelector` filtering), `?watch=true` chunked streams of JSON watch
+//! `fieldSelector` and `labelSelector` (equality terms) filtering, pages by
+//! `limit`/`continue`), `?watch=true` chunked streams of JSON watch
 //! events replayed from the requested `resourceVersion` (with periodic
 //! `BOOKMARK`s, and an `ERROR` event with code 410 Gone when that version
 //! has been compacted, which forces the client to re-list), `GET`/`POST`/
@@ -15,7 +16,9 @@
 //! Tests drive it directly: [`ApiServer::apply`] / [`ApiServer::delete`]
 //! change objects (as `kubectl` would), [`ApiServer::drop_watches`],
 //! [`ApiServer::compact`] and [`ApiServer::set_unavailable`] break watches,
-//! and [`ApiServer::get`] reads what Sluice wrote.
+//! [`ApiServer::uninstall`] and [`ApiServer::forbid`] take a resource away
+//! (404, as without its CRD; 403, as without RBAC), and [`ApiServer::get`]
+//! reads what Sluice wrote.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -61,6 +64,8 @@ struct Db {
     conflicts: u32,
     /// Resources (plurals) not served, as if their CRD were not installed.
     uninstalled: Vec<String>,
+    /// Resources (plurals) every request for which gets 403 Forbidden.
+    forbidden: Vec<String>,
     /// Every distinct `Authorization` header seen ("" for none).
     authorizations: std::collections::BTreeSet<String>,
 }
@@ -98,6 +103,7 @@ pub fn resource_of(kind: &str) -> Option<(&'static str, &'static str, bool)> {
         "ConfigMap" => ("v1", "configmaps", true),
         "Lease" => ("coordination.k8s.io/v1", "leases", true),
         "RateLimitPolicy" => ("policy.sluice.dev/v1alpha1", "ratelimitpolicies", true),
+        "BackendTLSPolicy" => ("gateway.networking.k8s.io/v1", "backendtlspolicies", true),
         _ => return None,
     })
 }
@@ -127,6 +133,7 @@ const KINDS: &[&str] = &[
     "ConfigMap",
     "Lease",
     "RateLimitPolicy",
+    "BackendTLSPolicy",
 ];
 
 fn res_of(kind: &str) -> Option<(Res, bool)> {
@@ -184,6 +191,21 @@ fn spec_of(v: &Value) -> Value {
         m.remove("status");
     }
     v
+}
+
+/// A label selector of equality terms (`k=v`, `k==v`, `k!=v`, `k`).
+fn labels_match(obj: &Value, selector: Option<&str>) -> bool {
+    let labels = obj.pointer("/metadata/labels");
+    selector.into_iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()).all(|term| {
+        let label = |k: &str| labels.and_then(|l| l.get(k.trim())).and_then(Value::as_str);
+        match term.split_once("!=") {
+            Some((k, v)) => label(k) != Some(v.trim()),
+            None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                Some((k, v)) => label(k) == Some(v.trim()),
+                None => label(term).is_some(),
+            },
+        }
+    })
 }
 
 fn field_matches(obj: &Value, selector: Option<&str>) -> bool {
@@ -373,13 +395,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             return respond(503, &Status::new(503, "ServiceUnavailable", "unavailable (test)").json());
         }
     }
-    let uninstalled = shared.db.lock().expect("db").uninstalled.clone();
+    let (uninstalled, forbidden) = {
+        let db = shared.db.lock().expect("db");
+        (db.uninstalled.clone(), db.forbidden.clone())
+    };
     let Some(t) = parse_path(&path).filter(|t| !uninstalled.contains(&t.res.1)) else {
         return respond(
             404,
             &Status::new(404, "NotFound", format!("the server could not find the requested resource ({path})")).json(),
         );
     };
+    if forbidden.contains(&t.res.1) {
+        let msg = format!("{} is forbidden: User cannot list resource {:?} (test)", t.res.1, t.res.1);
+        return respond(403, &Status::new(403, "Forbidden", msg).json());
+    }
     let result = match (&method, &t.name) {
         (&Method::GET, None) if matches!(query(&q, "watch").as_deref(), Some("true" | "1")) => {
             return watch_stream(shared, &t, &q);
@@ -405,20 +434,32 @@ fn id_of(t: &Target) -> Id {
 fn list(shared: &Shared, t: &Target, q: &str) -> Value {
     let db = shared.db.lock().expect("db");
     let fields = query(q, "fieldSelector");
-    let items: Vec<Value> = db
+    let labels = query(q, "labelSelector");
+    // Pages: `limit`, and `continue` = the offset of the next page.
+    let limit = query(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let offset = query(q, "continue").and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let mut items: Vec<Value> = db
         .objects
         .get(&t.res)
         .into_iter()
         .flatten()
         .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
-        .filter(|(_, o)| field_matches(o, fields.as_deref()))
+        .filter(|(_, o)| field_matches(o, fields.as_deref()) && labels_match(o, labels.as_deref()))
+        .skip(offset)
+        .take(limit.saturating_add(1))
         .map(|(_, o)| o.clone())
         .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
     let kind = kind_of(&t.res);
+    let mut metadata = json!({"resourceVersion": db.rv.to_string()});
+    if more {
+        metadata["continue"] = json!((offset + limit).to_string());
+    }
     json!({
         "kind": format!("{kind}List"),
         "apiVersion": resource_of(kind).map_or("v1", |r| r.0),
-        "metadata": {"resourceVersion": db.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }
@@ -541,6 +582,7 @@ fn watch_stream(shared: Arc<Shared>, t: &Target, q: &str) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
     let from: u64 = query(q, "resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
     let fields = query(q, "fieldSelector");
+    let labels = query(q, "labelSelector");
     let bookmarks = query(q, "allowWatchBookmarks").as_deref() == Some("true");
     let timeout = query(q, "timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(290u64);
     let res = t.res.clone();
@@ -562,6 +604,7 @@ fn watch_stream(shared: Arc<Shared>, t: &Target, q: &str) -> Response<Body> {
                 .as_ref()
                 .is_none_or(|ns| e.object.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
             && field_matches(&e.object, fields.as_deref())
+            && labels_match(&e.object, labels.as_deref())
     };
     tokio::spawn(async move {
         if gone {
@@ -751,6 +794,16 @@ impl ApiServer {
     /// Stops serving a resource (`plural`), as if its CRD were not installed.
     pub fn uninstall(&self, plural: &str) {
         self.shared.db.lock().expect("db").uninstalled.push(plural.to_string());
+    }
+
+    /// Answers every request for a resource (`plural`) with 403 Forbidden,
+    /// as RBAC does without a grant; `false` lifts it.
+    pub fn forbid(&self, plural: &str, forbidden: bool) {
+        let mut db = self.shared.db.lock().expect("db");
+        db.forbidden.retain(|p| p != plural);
+        if forbidden {
+            db.forbidden.push(plural.to_string());
+        }
     }
 
     /// Makes the next `n` status patches fail with 409 Conflict.
