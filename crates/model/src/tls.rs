@@ -103,11 +103,9 @@ pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
     /// SNI (the policy's `validation.hostname`).
     pub server_name: rustls::pki_types::ServerName<'static>,
-    /// Connection pool key: `b{backend}-{fingerprint}` where the fingerprint
-    /// covers the CA bundle, hostname and SANs, so that a rotated CA opens
-    /// new connections while unchanged policies keep their pooled ones.
-    pub pool_key: Arc<str>,
-    /// Fingerprint of the policy content (see `pool_key`).
+    /// Fingerprint of the policy content (CA bundle, hostname, SANs): part
+    /// of the upstream pool's key, so that a rotated CA opens new
+    /// connections while unchanged policies keep their pooled ones.
     pub fingerprint: u64,
 }
 

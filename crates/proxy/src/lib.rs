@@ -21,7 +21,8 @@
 //!    `filters.rs`: Gateway API filters (request headers, URL rewrite,
 //!    redirect; response headers after the upstream answers).
 //! 6. `upstream.rs`: weighted backend pick (`rng.rs`), endpoint pick,
-//!    pooled HTTP/1.1 client, timeouts; `upgrade.rs` splices upgraded
+//!    timeouts; `pool.rs` keeps the upstream connections (HTTP/1.1, TLS,
+//!    h2c) per worker thread; `upgrade.rs` splices upgraded
 //!    (WebSocket) connections; `body.rs` holds the streaming body types.
 //! 7. `observe.rs`: when the response body ends, metrics (`metrics.rs`), the
 //!    request's span (`trace.rs`, only when tracing is on; it also sets the

@@ -262,7 +262,7 @@ fn resolve(
     }
     let fingerprint = hasher.finish();
     let tls = match client_config(roots, &sans) {
-        Ok(config) => UpstreamTls { config, server_name, pool_key: Arc::from(format!("{fingerprint:x}")), fingerprint },
+        Ok(config) => UpstreamTls { config, server_name, fingerprint },
         Err(e) => {
             return (invalid(e.clone()), vec![Condition::new("Accepted", false, "Invalid", e, gen_)]);
         }
