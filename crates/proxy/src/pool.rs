@@ -23,7 +23,7 @@
 //!   fresh connection; anything else is the caller's error.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -91,7 +91,7 @@ type IdleConn = (http1::SendRequest<RequestBody>, Arc<IdleSince>);
 /// One thread's idle connections.
 #[derive(Default)]
 struct Idle {
-    h1: HashMap<Key, Vec<IdleConn>, BuildHasherDefault<KeyHasher>>,
+    h1: HashMap<Key, VecDeque<IdleConn>, BuildHasherDefault<KeyHasher>>,
     h2: HashMap<Key, http2::SendRequest<RequestBody>, BuildHasherDefault<KeyHasher>>,
 }
 
@@ -163,12 +163,13 @@ impl Pool {
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let key = Key { addr, tls: None, h2: true };
-        let shared = IDLE.with(|idle| idle.borrow().h2.get(&key).filter(|tx| !tx.is_closed()).cloned());
+        let shared =
+            IDLE.try_with(|idle| idle.borrow().h2.get(&key).filter(|tx| !tx.is_closed()).cloned()).ok().flatten();
         let mut tx = match shared {
             Some(tx) => tx,
             None => {
                 let tx = Box::pin(self.connect_h2c(addr)).await.map_err(SendError::Connect)?;
-                IDLE.with(|idle| idle.borrow_mut().h2.insert(key, tx.clone()));
+                let _ = IDLE.try_with(|idle| idle.borrow_mut().h2.insert(key, tx.clone()));
                 tx
             }
         };
@@ -233,16 +234,19 @@ impl std::fmt::Debug for Pool {
 /// Pops the most recently used idle connection for `key`, dropping closed
 /// ones on the way.
 fn checkout_http1(key: &Key) -> Option<IdleConn> {
-    IDLE.with(|idle| {
+    // `try_with`: nothing is pooled on a thread that is shutting down.
+    IDLE.try_with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.h1.get_mut(key)?;
-        while let Some(conn) = list.pop() {
+        while let Some(conn) = list.pop_back() {
             if !conn.0.is_closed() {
                 return Some(conn);
             }
         }
         None
     })
+    .ok()
+    .flatten()
 }
 
 // === impl Reuse ===
@@ -273,15 +277,15 @@ impl std::fmt::Debug for Reuse {
 
 fn put(key: Key, tx: http1::SendRequest<RequestBody>, idle: Arc<IdleSince>) {
     idle.0.store(now_ms(), Ordering::Relaxed);
-    IDLE.with(|cell| {
+    let _ = IDLE.try_with(|cell| {
         let mut cell = cell.borrow_mut();
         let list = cell.h1.entry(key).or_default();
         // Connections the upstream closed while idle leave from the front
         // (the oldest end), one per release: amortised, never a scan.
-        if list.first().is_some_and(|c| c.0.is_closed()) {
-            list.remove(0);
+        if list.front().is_some_and(|c| c.0.is_closed()) {
+            list.pop_front();
         }
-        list.push((tx, idle));
+        list.push_back((tx, idle));
     });
 }
 
