@@ -157,18 +157,57 @@ impl ProxyError {
         }
     }
 
-    /// Logs the error: client faults at debug, the rest at warn.
+    /// Logs the error: client faults at debug, the rest at warn — at most
+    /// one warning per second per worker thread, the next one saying how
+    /// many were left out (a dead backend under load would otherwise write
+    /// a line per request; the metrics count every failure).
     pub(crate) fn log(&self) {
         let status = self.status().as_u16();
-        match self.fault() {
-            Fault::Downstream => tracing::debug!(status, error = %self, "request rejected"),
-            _ => tracing::warn!(status, error = %self, source = ?std::error::Error::source(self), "request failed"),
+        if self.fault() == Fault::Downstream {
+            tracing::debug!(status, error = %self, "request rejected");
+            return;
+        }
+        if let Some(suppressed) = WARN_BUDGET.with(WarnBudget::take) {
+            tracing::warn!(
+                status,
+                error = %self,
+                source = ?std::error::Error::source(self),
+                suppressed,
+                "request failed"
+            );
         }
     }
 
     /// The response the client receives.
     pub(crate) fn to_response(&self) -> Response<ResponseBody> {
         error_response(self.status(), self.body())
+    }
+}
+
+/// One warning per [`WARN_EVERY`] per thread; counts what it held back.
+struct WarnBudget {
+    next: std::cell::Cell<Option<std::time::Instant>>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static WARN_BUDGET: WarnBudget =
+        const { WarnBudget { next: std::cell::Cell::new(None), suppressed: std::cell::Cell::new(0) } };
+}
+
+impl WarnBudget {
+    /// `Some(held back since the last warning)` when a warning may be
+    /// written now.
+    fn take(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.next.get().is_some_and(|next| now < next) {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.next.set(Some(now + WARN_EVERY));
+        Some(self.suppressed.replace(0))
     }
 }
 
@@ -183,6 +222,18 @@ pub(crate) fn error_response(status: StatusCode, body: &'static str) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warnings_are_limited_per_second_and_count_what_they_held_back() {
+        let budget = WarnBudget { next: std::cell::Cell::new(None), suppressed: std::cell::Cell::new(0) };
+        assert_eq!(budget.take(), Some(0));
+        assert_eq!(budget.take(), None);
+        assert_eq!(budget.take(), None);
+        // The second is over: the next warning reports the two held back.
+        budget.next.set(Some(std::time::Instant::now()));
+        assert_eq!(budget.take(), Some(2));
+        assert_eq!(budget.take(), None);
+    }
 
     #[test]
     fn every_error_maps_to_its_status() {
