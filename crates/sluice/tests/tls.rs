@@ -544,3 +544,29 @@ fn certificate_rotation_under_load() {
     });
     drop(env.dir);
 }
+
+/// An expired certificate still serves (clients that skip date checks keep
+/// working) but `sluice check` names the Secret and the date; a valid one
+/// next to it gets no such warning.
+#[test]
+fn expired_certificates_are_reported_by_check() {
+    let dir = TempDir::new("tls-expiry");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["old.example".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
+    let cert = params.self_signed(&key).expect("self-signed");
+    let expired = Leaf { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().to_vec() };
+    let ca = TestCa::new(dir.path(), "expiry-ca");
+    let fresh = ca.leaf("new.example", &["new.example"]);
+    let mut yaml = String::from(CLASS);
+    yaml.push_str(&gateway("web", &[("old", Some("old.example"), "old-tls"), ("new", Some("new.example"), "new-tls")]));
+    yaml.push_str(&tls_secret_yaml("default", "old-tls", &expired));
+    yaml.push_str(&tls_secret_yaml("default", "new-tls", &fresh));
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let (code, out) = support::sluice_check(&path);
+    assert_eq!(code, 0, "a warning does not fail check:\n{out}");
+    assert!(out.contains("Secret default/old-tls expired at 2021-06-30T00:00:00Z"), "{out}");
+    assert!(!out.contains("default/new-tls expire"), "{out}");
+}

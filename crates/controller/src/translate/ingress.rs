@@ -194,6 +194,14 @@ fn tls_certificates(
                             super::tls::uncovered(ns, secret, h),
                         );
                     }
+                    if let Some(w) = super::tls::expiry_warning(&cert, ns, secret, std::time::SystemTime::now()) {
+                        report.push(
+                            Severity::Warning,
+                            format!("Ingress {ns}/{iname}"),
+                            format!("spec.tls[{ti}].secretName"),
+                            w,
+                        );
+                    }
                     if hosts.is_empty() {
                         out.push((i, HostPattern::Any, cert));
                     } else {
