@@ -88,6 +88,8 @@ struct Inner {
     replicas: AtomicU32,
     requests: IntCounterVec,
     script: Arc<redis::Script>,
+    /// First part of every Redis key.
+    key_prefix: Box<str>,
 }
 
 /// The state attached to one compiled [`RateLimit`].
@@ -184,7 +186,8 @@ impl std::fmt::Debug for Checked {
 impl RateLimits {
     /// Registers `sluice_ratelimit_requests_total` in `registry`.
     /// `redis_url` is the default for Redis-mode policies without a URL;
-    /// `replicas` the initial split for cluster mode.
+    /// `replicas` the initial split for cluster mode. Redis keys start with
+    /// `sluice:`; see [`RateLimits::with_key_prefix`].
     pub fn new(registry: &Registry, redis_url: Option<String>, replicas: u32) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
@@ -203,8 +206,20 @@ impl RateLimits {
                 replicas: AtomicU32::new(replicas.max(1)),
                 requests,
                 script: Arc::new(redis::Script::new(GCRA_LUA)),
+                key_prefix: "sluice".into(),
             }),
         })
+    }
+
+    /// The same, with Redis keys under `PREFIX:rl:` instead of `sluice:rl:`
+    /// (installations sharing one Redis). Call before the limits are used.
+    #[must_use]
+    pub fn with_key_prefix(mut self, prefix: &str) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.key_prefix = prefix.into(),
+            None => tracing::error!("Redis key prefix set after the rate limits were shared; keeping sluice:"),
+        }
+        self
     }
 
     /// Starts the idle-key sweeper (call inside a Tokio runtime). It stops
@@ -302,7 +317,7 @@ impl RateLimits {
                 }
                 Limiter::Redis(RedisLimiter {
                     conn,
-                    prefix: format!("sluice:rl:{}:", rl.policy),
+                    prefix: format!("{}:rl:{}:", self.inner.key_prefix, rl.policy),
                     interval_us: u64::try_from(rl.emission_interval().as_micros()).unwrap_or(u64::MAX).max(1),
                     burst: rl.burst,
                     timeout: s.timeout,

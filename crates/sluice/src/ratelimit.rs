@@ -21,6 +21,18 @@ pub struct RateLimitArgs {
     /// (`redis://HOST:PORT[/DB]`).
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key (`PREFIX:rl:NAMESPACE/POLICY:KEY`): give
+    /// each installation sharing one Redis its own, or their policies of the
+    /// same name share buckets.
+    #[arg(long, value_name = "PREFIX", default_value = "sluice", value_parser = parse_prefix)]
+    pub redis_key_prefix: String,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        return Err(format!("expected 1-64 characters of [A-Za-z0-9-_.:], got {s:?}"));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_service(s: &str) -> Result<(String, String), String> {

@@ -391,6 +391,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let admin_addr = (!args.no_admin).then_some(args.admin);
     let limits = sluice_proxy::RateLimits::new(&registry, args.ratelimit.redis_url.clone(), args.ratelimit.replicas)
+        .map(|l| l.with_key_prefix(&args.ratelimit.redis_key_prefix))
         .context("registering rate limit metrics")?;
     limits.start();
     let mut controller = Controller {

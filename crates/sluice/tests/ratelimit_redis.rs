@@ -138,3 +138,62 @@ fn redis_mode_is_global_fails_as_configured_and_recovers() {
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 4, "1 + 4 = the burst of 5: {codes:?}");
     drop(redis);
 }
+
+/// Every key in the Redis at `port` (RESP `KEYS *`, spoken directly).
+fn redis_keys(port: u16) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("redis: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n").unwrap_or_else(|e| panic!("redis: {e}"));
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The reply ends with a complete array; read until the count is met.
+    loop {
+        let n = s.read(&mut buf).unwrap_or_else(|e| panic!("redis: {e}"));
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let mut lines = text.split("\r\n");
+        let count: usize = lines.next().and_then(|l| l.strip_prefix('*')).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let keys: Vec<String> = lines.skip(1).step_by(2).take(count).map(str::to_string).collect();
+        if n == 0 || (keys.len() == count && text.ends_with("\r\n")) {
+            return keys;
+        }
+    }
+}
+
+/// Two installations sharing one Redis keep apart with their own
+/// `--redis-key-prefix`; the keys carry it.
+#[test]
+fn installations_with_their_own_key_prefix_do_not_share_buckets() {
+    if !require_curl("redis_prefix") || !require_redis("redis_prefix") {
+        return;
+    }
+    let dir = TempDir::new("ratelimit-redis-prefix");
+    let config_dir = dir.subdir("config");
+    let log_dir = dir.subdir("logs");
+    let echo = Echo::start("echo", "default", &log_dir);
+    let redis = Redis::start(free_port());
+    let rules = "  - name: api\n    matches: [{path: {type: PathPrefix, value: /api}}]\n    backendRefs: [{name: echo, port: 8080}]\n";
+    let policy = "---\napiVersion: policy.sluice.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: api, namespace: default}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: app}]\n  mode: Redis\n  redis: {timeout: 100ms, failureMode: Closed}\n  limit: {requests: 1, unit: Minute, burst: 3}\n  key: []\n";
+    std::fs::write(
+        config_dir.join("web.yaml"),
+        format!("{}{policy}", web_config(rules, &[("echo", echo.addr.port())])),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let prod = Sluice::start(&config_dir, &log_dir, &["--bind", "80=127.0.0.1:0", "--redis-url", url.as_str()]);
+    let staging = Sluice::start(
+        &config_dir,
+        &log_dir,
+        &["--bind", "80=127.0.0.1:0", "--redis-url", url.as_str(), "--redis-key-prefix", "staging"],
+    );
+    let (a, b) = (prod.addr_of("*", 80), staging.addr_of("*", 80));
+    curl_retry(a, &Req::get("/ready"), Duration::from_secs(10));
+    curl_retry(b, &Req::get("/ready"), Duration::from_secs(10));
+    let codes = |addr| (0..5).map(|_| status(addr, "/api")).collect::<Vec<u16>>();
+    assert_eq!(codes(a), [200, 200, 200, 429, 429], "prod uses up its own burst");
+    assert_eq!(codes(b), [200, 200, 200, 429, 429], "staging has a bucket of its own");
+    let keys = redis_keys(redis.port);
+    assert!(keys.iter().any(|k| k.starts_with("sluice:rl:default/api:")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("staging:rl:default/api:")), "{keys:?}");
+}
