@@ -53,6 +53,7 @@ STATUS = {
     ("gateway.networking.k8s.io", "gateways/status"),
     ("gateway.networking.k8s.io", "httproutes/status"),
     ("gateway.networking.k8s.io", "backendtlspolicies/status"),
+    ("policy.sluice.dev", "ratelimitpolicies/status"),
     ("networking.k8s.io", "ingresses/status"),
 }
 READ = {"get", "list", "watch"}

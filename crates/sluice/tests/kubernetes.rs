@@ -783,6 +783,28 @@ fn a_rate_limit_policy_from_the_api_is_enforced_and_lifted_when_deleted() {
     assert!(limited.header("retry-after").is_some(), "{:?}", limited.headers);
     assert!(limited.header("ratelimit-policy").is_some_and(|p| p.contains("q=2")), "{:?}", limited.headers);
     assert!(metric(&s, "sluice_ratelimit_requests_total") >= 1.0);
+    // The leader writes the policy's status.
+    let accepted = |name: &str| {
+        wait_until(WAIT, || {
+            let p = c.api.get("RateLimitPolicy", INFRA_NS, name)?;
+            let cond = p.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == "Accepted")?.clone();
+            Some((cond["status"].as_str()?.to_string(), cond["reason"].as_str()?.to_string()))
+        })
+    };
+    assert_eq!(accepted("slow"), Some(("True".into(), "Accepted".into())), "stderr:\n{}", s.stderr());
+    // A policy aimed at a missing route is not accepted, and says so.
+    c.api.apply(&json!({
+        "apiVersion": "policy.sluice.dev/v1alpha1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": "nowhere", "namespace": INFRA_NS},
+        "spec": {
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "no-such-route"}],
+            "limit": {"requests": 2, "unit": "Minute"},
+            "key": [],
+        },
+    }));
+    let rejected = accepted("nowhere");
+    assert!(rejected.as_ref().is_some_and(|(st, _)| st == "False"), "{rejected:?}; stderr:\n{}", s.stderr());
     // Deleting the policy through the API lifts the limit.
     assert!(c.api.delete("RateLimitPolicy", INFRA_NS, "slow"));
     let lifted = wait_until(WAIT, || curl(addr, &Req::get("/")).ok().filter(|r| r.status == 200));

@@ -10,7 +10,8 @@
 //! `resourceVersion`, so a concurrent writer makes it fail with 409 and it is
 //! retried from the refreshed cache); BackendTLSPolicy `status.ancestors`
 //! entries of Sluice's controllerName, one per ancestor Gateway (the same
-//! rules as HTTPRoute parents); Ingress `status.loadBalancer`.
+//! rules as HTTPRoute parents); RateLimitPolicy `status.conditions`
+//! (`Accepted`); Ingress `status.loadBalancer`.
 //!
 //! Gateway `Programmed=True` additionally needs every live replica to report
 //! (in its Lease, see [`super::lease`]) that it has applied the Gateway's
@@ -289,6 +290,15 @@ impl State {
                     "conditions": merge_conditions(cur.get("conditions"), &s.conditions),
                     "supportedFeatures": features,
                 }),
+                precondition: false,
+            });
+        }
+        // RateLimitPolicies (Sluice's own kind): `Accepted` with the reason.
+        for s in report.statuses.iter().filter(|s| s.kind == sluice_controller::ratelimit::KIND) {
+            let Some(cur) = self.current(s.kind, Some(&s.namespace), &s.name, &s.conditions) else { continue };
+            out.push(Desired {
+                key: (s.kind, Some(s.namespace.clone()), s.name.clone()),
+                status: json!({"conditions": merge_conditions(cur.get("conditions"), &s.conditions)}),
                 precondition: false,
             });
         }
