@@ -478,6 +478,16 @@ fn status_is_written_with_the_conformance_conditions_and_reasons() {
     // And status writes never recompile routes.
     let applies = metric(&s, "sluice_config_applies_total");
     assert!(applies <= 2.0, "status writes recompiled the table {applies} times");
+
+    // The Ingress moves to another controller's class: Sluice takes its
+    // address back out of the Ingress's status.
+    let mut moved = c.api.get("Ingress", INFRA_NS, "web").expect("ingress");
+    moved["spec"]["ingressClassName"] = json!("other");
+    c.api.apply(&moved);
+    let cleared = wait_object(&c.api, "Ingress", INFRA_NS, "web", |o| {
+        o.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).is_some_and(Vec::is_empty)
+    });
+    assert_eq!(cleared["spec"]["ingressClassName"], "other");
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //! retried from the refreshed cache); BackendTLSPolicy `status.ancestors`
 //! entries of Sluice's controllerName, one per ancestor Gateway (the same
 //! rules as HTTPRoute parents); RateLimitPolicy `status.conditions`
-//! (`Accepted`); Ingress `status.loadBalancer`.
+//! (`Accepted`); Ingress `status.loadBalancer` (cleared again when an
+//! Ingress that carries exactly Sluice's addresses stops being Sluice's).
 //!
 //! Gateway `Programmed=True` additionally needs every live replica to report
 //! (in its Lease, see [`super::lease`]) that it has applied the Gateway's
@@ -432,6 +433,26 @@ impl State {
                 sluice_controller::translate::served_ingresses(&objects_for_ingress(&self.readers), &self.options);
             let lb: Vec<Value> =
                 addrs.iter().map(|(ip, v)| if *ip { json!({"ip": v}) } else { json!({"hostname": v}) }).collect();
+            let lb = Value::Array(lb);
+            // An Ingress that stopped being ours (class changed) and still
+            // carries exactly our addresses: ours are cleared.
+            let served: std::collections::BTreeSet<(String, String)> = served.into_iter().collect();
+            for ing in self.readers.all("Ingress") {
+                let ns = ing.metadata.namespace.clone().unwrap_or_default();
+                let name = ing.metadata.name.clone().unwrap_or_default();
+                if served.contains(&(ns.clone(), name.clone())) {
+                    continue;
+                }
+                if ing.data.pointer("/status/loadBalancer/ingress") == Some(&lb)
+                    && lb.as_array().is_some_and(|a| !a.is_empty())
+                {
+                    out.push(Desired {
+                        key: ("Ingress", Some(ns), name),
+                        status: json!({"loadBalancer": {"ingress": []}}),
+                        precondition: true,
+                    });
+                }
+            }
             for (ns, name) in served {
                 out.push(Desired {
                     key: ("Ingress", Some(ns), name),
