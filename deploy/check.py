@@ -58,7 +58,7 @@ STATUS = {
 }
 READ = {"get", "list", "watch"}
 STATUS_VERBS = {"patch", "update"}
-LEASE_VERBS = {"get", "list", "watch", "create", "update", "patch"}
+LEASE_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 CLUSTER_SCOPED = {
     "Namespace",

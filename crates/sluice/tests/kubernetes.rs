@@ -622,6 +622,15 @@ fn the_leader_writes_status_once_every_replica_applied_and_hands_over_when_its_l
     let back = wait_until(WAIT, || programmed(&c.api).filter(|p| p["message"] == "applied by 2/2 replicas"));
     assert!(back.is_some_and(|p| p["status"] == "True"), "{:?}", programmed(&c.api));
     assert!(wait_until(WAIT, || (metric_opt(&a, "sluice_replicas_lagging") == Some(0.0)).then_some(())).is_some());
+    // The leader deletes the Lease of the replica that is gone (unchanged
+    // for 5 Lease durations of 2 s).
+    let deleted =
+        wait_until(WAIT, || c.api.get("Lease", "sluice-system", "sluice-replica-sluice-c").is_none().then_some(()));
+    assert!(deleted.is_some(), "the stale replica Lease stayed; a:\n{}", a.stderr());
+    assert!(
+        c.api.get("Lease", "sluice-system", "sluice-replica-sluice-b").is_some(),
+        "a live replica's Lease was deleted"
+    );
 
     // The leader dies without releasing its Lease: sluice-b takes over once
     // it expires, and writes status from then on.
@@ -647,7 +656,8 @@ fn the_leader_writes_status_once_every_replica_applied_and_hands_over_when_its_l
     assert!(r.pod().is_some_and(|p| p.starts_with("infra-backend-v2-")), "{:?}", r.pod());
 
     // Sluice used only what its RBAC grants (deploy/): reads everywhere,
-    // patches on status subresources, and Lease writes.
+    // patches on status subresources, Lease writes, and deletes of stale
+    // replica Leases.
     for r in c.api.requests() {
         let (method, path) = r.split_once(' ').unwrap_or_default();
         let path = path.split('?').next().unwrap_or_default();
@@ -660,6 +670,8 @@ fn the_leader_writes_status_once_every_replica_applied_and_hands_over_when_its_l
                         .any(|k| path.contains(&format!("/{k}/")) && path.ends_with("/status"))
             }
             "POST" | "PUT" => path.contains("/namespaces/sluice-system/leases"),
+            // Only replica Leases of replicas gone for good.
+            "DELETE" => path.contains("/namespaces/sluice-system/leases/sluice-replica-"),
             _ => false,
         };
         assert!(ok, "request outside the agreed RBAC: {r}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use prometheus::{IntGauge, Registry};
 use tokio::sync::watch as chan;
 
@@ -30,6 +30,10 @@ pub const TABLE_GENERATION: &str = "sluice.dev/table-generation";
 pub const GATEWAYS: &str = "sluice.dev/gateways";
 /// Prefix of replica Lease names.
 pub const REPLICA_PREFIX: &str = "sluice-replica-";
+
+/// A replica Lease not renewed for this many Lease durations belongs to a
+/// replica that is gone (its pod deleted): the leader deletes it.
+const STALE_AFTER: u32 = 5;
 
 /// What one live replica reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -318,6 +322,22 @@ impl Elector {
                 live.push(l);
             }
             seen.insert(name, entry);
+        }
+        // Leases of replicas gone for good (unchanged for STALE_AFTER
+        // durations as this leader saw them) are deleted; a replica that
+        // comes back re-creates its own.
+        for (name, (rv, since, _)) in &seen {
+            let duration = self.duration;
+            if since.elapsed() > duration * STALE_AFTER && *name != format!("{REPLICA_PREFIX}{}", self.pod) {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions { resource_version: Some(rv.clone()), uid: None }),
+                    ..DeleteParams::default()
+                };
+                match self.api.delete(name, &dp).await {
+                    Ok(_) => tracing::info!(lease = %name, "Deleted the Lease of a replica gone for good"),
+                    Err(e) => tracing::debug!(lease = %name, error = %e, "Cannot delete a stale replica Lease"),
+                }
+            }
         }
         self.replicas_seen = seen;
         let mut out: Vec<Replica> = live
