@@ -240,8 +240,10 @@ def h2load(port: int, duration: float) -> dict:
 def s_time_handshakes(port: int, duration: float, procs: int) -> dict:
     """`procs` parallel `openssl s_time -new` (full handshakes, no request,
     no resumption) on the load core; handshakes/s over the wall time."""
+    # Same TLS 1.3 suite for every server (s_time would offer AES-256-GCM-SHA384 first: nginx and HAProxy
+    # only have AES-128-GCM-SHA256, Sluice follows the client's order).
     argv = ["taskset", "-c", base.LOAD_CORE, "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
-            "-time", str(max(1, round(duration)))]
+            "-ciphersuites", TLS13_SUITE, "-time", str(max(1, round(duration)))]
     before = base.cpu_times()
     t0 = time.monotonic()
     ps = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(procs)]

@@ -7,7 +7,8 @@
 //! applies to the next handshake while established connections keep the
 //! certificate they negotiated. TLS 1.3 and 1.2, ALPN `h2` then
 //! `http/1.1`, session resumption with stateless tickets (TLS 1.3 and 1.2,
-//! keys rotated by rustls) and a bounded server-side session cache.
+//! keys rotated by rustls; one TLS 1.3 ticket per handshake, see
+//! [`TLS13_TICKETS`]) and a bounded server-side session cache.
 //!
 //! A handshake that fails (garbage instead of a ClientHello, no matching
 //! certificate, timeout) closes that connection only; it is counted in
@@ -37,6 +38,18 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sessions kept for ID-based (TLS 1.2) and stateful resumption; the
 /// oldest are evicted beyond this.
 pub(crate) const SESSION_CACHE_SIZE: usize = 8192;
+
+/// TLS 1.3 session tickets sent after a full handshake (rustls' default is
+/// 2, OpenSSL's too; Go sends 1). Each costs the server a key derivation,
+/// an encryption and three `getrandom` calls (about 2 µs each on a VM),
+/// and is wasted on the many clients that never resume; our tickets are
+/// stateless, so one ticket serves a client that reuses tickets for
+/// several connections.
+pub(crate) const TLS13_TICKETS: usize = 1;
+/// A client that asks for more tickets (RFC 9149 `ticket_request`, e.g. to
+/// resume several parallel connections with single-use tickets) gets up to
+/// this many.
+pub(crate) const TLS13_TICKETS_ON_REQUEST: usize = 2;
 
 /// ALPN protocols offered, in server preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -88,6 +101,8 @@ impl TlsSocket {
         if let Some(t) = ticketer() {
             config.ticketer = t;
         }
+        config.send_tls13_tickets = TLS13_TICKETS;
+        config.max_tls13_tickets = TLS13_TICKETS_ON_REQUEST;
         let c = |result: &str| metrics.tls_handshakes.with_label_values(&[result]);
         let counters = Counters {
             ok: c("ok"),

@@ -288,6 +288,72 @@ fn garbage_client_hello_and_bad_secrets_affect_only_themselves() {
     assert!(!check.contains(needle) && !check.contains("PRIVATE KEY"), "key material in sluice check output");
 }
 
+/// A client session store that counts the TLS 1.3 tickets it receives.
+#[derive(Debug)]
+struct CountingStore {
+    inner: Arc<dyn rustls::client::ClientSessionStore>,
+    tickets: AtomicU64,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(&self, name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[test]
+fn one_tls13_ticket_per_handshake_more_on_request_and_it_resumes() {
+    let env = start("tls-tickets", |ca| {
+        let mut y = tls_secret_yaml("default", "a", &ca.leaf("a", &["a.test"]));
+        y.push_str(&gateway("web", &[("a", Some("a.test"), "a")]));
+        vec![("body.yaml", y)]
+    });
+    let addr = env.sluice.addr_of("default/web", 443);
+    let rt = support::runtime();
+    // (RFC 9149 ticket_request the client sends, tickets expected per handshake)
+    let cases = [(None, 1), (Some(5), 2), (Some(0), 0)];
+    for (request, want) in cases {
+        rt.block_on(async {
+            let store = Arc::new(CountingStore {
+                inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(32)),
+                tickets: AtomicU64::new(0),
+            });
+            let mut cfg = (*client_config(&env.ca.pem_path, false)).clone();
+            cfg.resumption = rustls::client::Resumption::store(store.clone());
+            cfg.send_ticket_request =
+                request.map(|n| rustls::client::TicketRequest { new_session_count: n, resumption_count: n });
+            let cfg = Arc::new(cfg);
+            let mut first = connect(addr, "a.test", &cfg).await.unwrap_or_else(|e| panic!("{e}"));
+            // The tickets follow the handshake, before any response.
+            assert_eq!(get(&mut first, "a.test", "/").await, Ok(200));
+            assert!(!first.resumed);
+            assert_eq!(store.tickets.load(Ordering::SeqCst), want, "tickets after a full handshake ({request:?})");
+            let mut second = connect(addr, "a.test", &cfg).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(second.resumed, want > 0, "resumption with {want} ticket(s)");
+            assert_eq!(get(&mut second, "a.test", "/").await, Ok(200));
+        });
+    }
+}
+
 #[test]
 fn session_resumption_with_tickets_and_h2load_negotiates_h2() {
     let test = "session_resumption_with_tickets_and_h2load_negotiates_h2";
