@@ -16,6 +16,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: glibc malloc/free was 5% of the request path and a third of a
+/// reload in profiles (loadtests/results/profile-2026-11-22.md). Built with
+/// `arena_eager_commit` off (.cargo/config.toml): eager commit cost ~7 MB idle
+/// and ~10 kB per connection. `MIMALLOC_ARENA_EAGER_COMMIT=1` (or any
+/// `MIMALLOC_*` option) still overrides at run time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for invalid configuration (sysexits `EX_CONFIG`).
 pub const EX_CONFIG: u8 = 78;
 /// Exit code for invalid command-line usage (sysexits `EX_USAGE`).
