@@ -38,6 +38,7 @@ mod config;
 mod error;
 mod filters;
 mod headers;
+mod idle;
 mod listener;
 pub mod metrics;
 mod observe;
