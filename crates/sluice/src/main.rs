@@ -8,6 +8,7 @@ mod admin;
 mod check;
 mod echo;
 mod kube;
+mod purge;
 mod ratelimit;
 mod run;
 mod telemetry;
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .on_thread_park(sluice_proxy::metrics::flush_thread)
                 .build()?;
+            rt.spawn(purge::nudge_forever());
             rt.block_on(run::run(*args))
         }
         Command::Echo(args) => {
