@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 
 use crate::report::{Report, Severity};
@@ -20,8 +22,10 @@ pub struct Objects {
     pub gateway_classes: Vec<GatewayClass>,
     /// Gateways.
     pub gateways: Vec<Gateway>,
-    /// HTTPRoutes.
-    pub http_routes: Vec<HttpRoute>,
+    /// HTTPRoutes. Shared (`Arc`): a config holds thousands, and the copies
+    /// of [`Objects`] a source keeps (its per-file cache, the controller's
+    /// last good objects) share them instead of cloning each route.
+    pub http_routes: Vec<Arc<HttpRoute>>,
     /// ReferenceGrants (v1 or v1beta1).
     pub reference_grants: Vec<ReferenceGrant>,
     /// Ingresses.
@@ -98,7 +102,7 @@ impl Objects {
         match (group, kind.as_str()) {
             (GW, "GatewayClass") => push(&mut self.gateway_classes, doc, &name, report),
             (GW, "Gateway") => push(&mut self.gateways, doc, &name, report),
-            (GW, "HTTPRoute") => push(&mut self.http_routes, doc, &name, report),
+            (GW, "HTTPRoute") => push_with(&mut self.http_routes, doc, &name, report, Arc::new),
             (GW, "ReferenceGrant") => push(&mut self.reference_grants, doc, &name, report),
             (GW, "BackendTLSPolicy") => push(&mut self.backend_tls_policies, doc, &name, report),
             ("", "ConfigMap") => push(&mut self.config_maps, doc, &name, report),
@@ -146,8 +150,18 @@ impl Objects {
 }
 
 fn push<T: DeserializeOwned>(into: &mut Vec<T>, doc: serde_json::Value, name: &str, report: &mut Report) {
+    push_with(into, doc, name, report, |obj| obj);
+}
+
+fn push_with<T: DeserializeOwned, U>(
+    into: &mut Vec<U>,
+    doc: serde_json::Value,
+    name: &str,
+    report: &mut Report,
+    wrap: impl FnOnce(T) -> U,
+) {
     match serde_path_to_error::deserialize::<_, T>(doc) {
-        Ok(obj) => into.push(obj),
+        Ok(obj) => into.push(wrap(obj)),
         Err(e) => {
             let field = e.path().to_string();
             // Secrets never reach logs: name the field, not the value.

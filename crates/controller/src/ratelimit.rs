@@ -427,7 +427,7 @@ pub fn attach(objects: &Objects, input: &mut TableInput, report: &mut Report) ->
 
     // 3. Rules.
     let routes_by_name: HashMap<(&str, &str), &HttpRoute> =
-        objects.http_routes.iter().map(|r| ((namespace(&r.metadata), name(&r.metadata)), r)).collect();
+        objects.http_routes.iter().map(|r| ((namespace(&r.metadata), name(&r.metadata)), &**r)).collect();
     let mut used: BTreeMap<usize, AttachedLimit> = BTreeMap::new();
     let mut rebuilt: HashMap<(usize, usize), Arc<Rule>> = HashMap::new();
     let mut reported_missing = std::collections::HashSet::new();

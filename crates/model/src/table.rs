@@ -303,7 +303,10 @@ struct HostRoutes {
 #[derive(Debug)]
 struct PathRouter {
     host: HostPattern,
-    router: matchit::Router<usize>,
+    /// `None` when every candidate is the catch-all prefix `/` (the common
+    /// route without matches): then every path starting with `/` gets `all`
+    /// and no radix tree is built (it cost ~0.7 KB per host).
+    router: Option<matchit::Router<usize>>,
     nodes: Vec<Box<[Arc<Candidate>]>>,
     /// Candidates for requests that land on no node (regex paths only).
     fallback: Box<[Arc<Candidate>]>,
@@ -690,6 +693,9 @@ enum Node {
 
 impl PathRouter {
     fn build(host: HostPattern, all: Vec<Arc<Candidate>>) -> Self {
+        if all.iter().all(|c| matches!(&c.path, PathMatch::Prefix(p) if p.is_empty())) {
+            return Self { host, router: None, nodes: Vec::new(), fallback: Box::default(), all };
+        }
         let mut keys = std::collections::BTreeSet::new();
         for c in &all {
             match &c.path {
@@ -728,13 +734,19 @@ impl PathRouter {
             })
             .cloned()
             .collect();
-        Self { host, router, nodes, fallback, all }
+        Self { host, router: Some(router), nodes, fallback, all }
     }
 
     fn lookup(&self, req: &RequestParts<'_>) -> Option<&Arc<Candidate>> {
-        let list: &[Arc<Candidate>] = match self.router.at(req.path) {
-            Ok(m) => self.nodes.get(*m.value).map_or(&[][..], |l| &l[..]),
-            Err(_) => &self.fallback,
+        let list: &[Arc<Candidate>] = match &self.router {
+            // The radix tree would send every `/…` path to a node listing all
+            // candidates, and the rest to the (empty) fallback.
+            None if req.path.starts_with('/') => &self.all,
+            None => &[],
+            Some(router) => match router.at(req.path) {
+                Ok(m) => self.nodes.get(*m.value).map_or(&[][..], |l| &l[..]),
+                Err(_) => &self.fallback,
+            },
         };
         list.iter().find(|c| c.matches(req))
     }

@@ -8,9 +8,10 @@
 //!
 //! Request path, one file per phase, in order:
 //!
-//! 1. `listener.rs`: socket registry, accept loop, one hyper-util auto
-//!    connection per socket (HTTP/1.1 with upgrades, h2c prior knowledge),
-//!    graceful drain.
+//! 1. `listener.rs`: socket registry, accept loop, one hyper connection per
+//!    socket (HTTP/1.1 with upgrades, h2c prior knowledge), graceful drain;
+//!    `idle.rs`: plain connections hold only their socket while idle (first
+//!    bytes pick the protocol; idle HTTP/1.1 connections are parked).
 //! 2. `server.rs`: the per-request service; runs the phases below and turns
 //!    a [`ProxyError`] into a response.
 //! 3. `route.rs`: one `snapshot.load()`, Host/`:authority` validation,
@@ -39,6 +40,7 @@ mod config;
 mod error;
 mod filters;
 mod headers;
+mod idle;
 mod listener;
 pub mod metrics;
 mod observe;

@@ -1,8 +1,9 @@
 //! Listening sockets: the registry behind `reconcile`/`bound`/`shutdown`,
-//! the accept loop, and one hyper-util auto connection (HTTP/1.1 with
-//! upgrades, or h2c prior knowledge) per accepted stream, drained
-//! gracefully. On TLS, the ALPN protocol (`h2`, `http/1.1`) picks the
-//! protocol up front, without sniffing the first bytes.
+//! the accept loop, and one hyper connection (HTTP/1.1 with upgrades, or h2c
+//! prior knowledge) per accepted stream, drained gracefully. Plain sockets
+//! go through `idle.rs` (the first bytes pick the protocol; idle HTTP/1.1
+//! connections drop their buffers). On TLS, the ALPN protocol (`h2`,
+//! `http/1.1`) picks the protocol up front, without sniffing the first bytes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
@@ -16,13 +17,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use sluice_model::BindKey;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument as _, debug, debug_span, info, warn};
 
+use crate::idle::{self, Drain, Handoff};
 use crate::observe::ObservedBody;
 use crate::server::{self, ConnCtx, Shared};
 use crate::tls::TlsSocket;
@@ -174,7 +175,7 @@ async fn accept_loop(
     mut stop: oneshot::Receiver<()>,
     closed: oneshot::Sender<()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::default();
     let mut conns = JoinSet::new();
     let open = shared.metrics.downstream_connections.with_label_values(&[&key.port.to_string()]);
     let tls = match TlsSocket::new(shared.snapshot.clone(), key.clone(), &shared.metrics) {
@@ -190,7 +191,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let mut ctx = ConnCtx::new(shared.clone(), key.clone(), peer);
-                    let watcher = graceful.watcher();
+                    let drain = drain.clone();
                     let span = debug_span!("conn", client = %peer);
                     let gauge = GaugeGuard::new(open.clone());
                     // Whether the socket speaks TLS follows the current table.
@@ -203,16 +204,35 @@ async fn accept_loop(
                             }
                             match tls {
                                 None if is_tls => {}
+                                // The task's allocation is as large as its
+                                // largest state: the paths that hold a hyper
+                                // connection (or a TLS stream) inline are
+                                // boxed, so that an idle plain connection costs
+                                // only what `idle::serve` holds.
                                 None => {
-                                    serve_connection(Arc::new(ctx), TokioIo::new(stream), watcher, Proto::Sniff).await;
+                                    let ctx = Arc::new(ctx);
+                                    match idle::serve(ctx.clone(), stream, &drain).await {
+                                        Handoff::Done => {}
+                                        Handoff::H2(stream) => {
+                                            let io = TokioIo::new(stream);
+                                            Box::pin(serve_connection(ctx, io, &drain, Proto::H2)).await;
+                                        }
+                                        Handoff::Sniff(stream) => {
+                                            let io = TokioIo::new(stream);
+                                            Box::pin(serve_connection(ctx, io, &drain, Proto::Sniff)).await;
+                                        }
+                                    }
                                 }
                                 Some(tls) => {
-                                    if let Some(accepted) = tls.accept(stream).await {
-                                        ctx.sni = accepted.sni;
-                                        let proto = Proto::from_alpn(accepted.stream.get_ref().1.alpn_protocol());
-                                        let io = TokioIo::new(accepted.stream);
-                                        serve_connection(Arc::new(ctx), io, watcher, proto).await;
-                                    }
+                                    Box::pin(async move {
+                                        if let Some(accepted) = tls.accept(stream).await {
+                                            ctx.sni = accepted.sni;
+                                            let proto = Proto::from_alpn(accepted.stream.get_ref().1.alpn_protocol());
+                                            let io = TokioIo::new(accepted.stream);
+                                            serve_connection(Arc::new(ctx), io, &drain, proto).await;
+                                        }
+                                    })
+                                    .await;
                                 }
                             }
                             drop(gauge);
@@ -233,9 +253,10 @@ async fn accept_loop(
     drop(listener);
     let _ = closed.send(());
 
-    let open = graceful.count();
-    debug!(open, "draining");
-    if tokio::time::timeout(shared.config.drain_timeout, graceful.shutdown()).await.is_err() {
+    debug!(open = conns.len(), "draining");
+    drain.start();
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(shared.config.drain_timeout, drained).await.is_err() {
         warn!(port = key.port, "drain timeout: closing remaining connections");
     }
     conns.shutdown().await;
@@ -261,11 +282,12 @@ impl Drop for GaugeGuard {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Proto {
     /// HTTP/1.1, or h2 with prior knowledge when the client starts with the
-    /// h2 preface (plain sockets; TLS without ALPN).
+    /// h2 preface (TLS without ALPN; plain sockets whose first bytes were
+    /// too few to tell).
     Sniff,
     /// TLS, ALPN `http/1.1`.
     Http1,
-    /// TLS, ALPN `h2`.
+    /// TLS, ALPN `h2`; plain sockets that start with the h2 preface.
     H2,
 }
 
@@ -279,7 +301,7 @@ impl Proto {
     }
 }
 
-async fn serve_connection<I>(ctx: Arc<ConnCtx>, io: TokioIo<I>, watcher: Watcher, proto: Proto)
+async fn serve_connection<I>(ctx: Arc<ConnCtx>, io: TokioIo<I>, drain: &Drain, proto: Proto)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -292,15 +314,18 @@ where
     let result = match proto {
         Proto::Sniff => {
             let svc = service_fn(move |req| serve_request(svc_ctx.clone(), req));
-            watcher.watch(shared.server.serve_connection_with_upgrades(io, svc)).await
+            let conn = shared.server.serve_connection_with_upgrades(io, svc);
+            idle::watch(conn, drain, |c| c.graceful_shutdown()).await
         }
         Proto::Http1 => {
             let svc = service_fn(move |req| serve_request(svc_ctx.clone(), req));
-            watcher.watch(shared.http1.serve_connection_with_upgrades(io, svc)).await
+            let conn = shared.http1.serve_connection_with_upgrades(io, svc);
+            idle::watch(conn, drain, |c| c.graceful_shutdown()).await
         }
         Proto::H2 => {
             let svc = service_fn(move |req| Box::pin(serve_request(svc_ctx.clone(), req)));
-            watcher.watch(shared.http2.serve_connection_with_upgrades(io, svc)).await
+            let conn = shared.http2.serve_connection_with_upgrades(io, svc);
+            idle::watch(conn, drain, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(error) = result {

@@ -44,6 +44,9 @@ pub struct Metrics {
     upstream_timeouts: IntCounterVec,
     /// Open client connections per listener port.
     pub downstream_connections: IntGaugeVec,
+    /// Plain client connections that are idle and hold no HTTP state
+    /// (parked, see `idle.rs`), included in `downstream_connections`.
+    pub downstream_connections_parked: IntGauge,
     /// Open connections to upstream endpoints.
     pub upstream_connections: IntGauge,
     /// Access log lines dropped because the writer fell behind.
@@ -138,6 +141,10 @@ impl Metrics {
             Opts::new("sluice_downstream_connections", "Open client connections per listener port."),
             &["port"],
         )?;
+        let downstream_connections_parked = IntGauge::new(
+            "sluice_downstream_connections_parked",
+            "Idle plain client connections holding no HTTP state (socket only) until the client sends again.",
+        )?;
         let upstream_connections =
             IntGauge::new("sluice_upstream_connections", "Open connections to upstream endpoints (pooled or busy).")?;
         let access_log_dropped = prometheus::IntCounter::new(
@@ -149,6 +156,7 @@ impl Metrics {
         registry.register(Box::new(upstream_connect_errors.clone()))?;
         registry.register(Box::new(upstream_timeouts.clone()))?;
         registry.register(Box::new(downstream_connections.clone()))?;
+        registry.register(Box::new(downstream_connections_parked.clone()))?;
         registry.register(Box::new(upstream_connections.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let tls_handshakes = IntCounterVec::new(
@@ -167,6 +175,7 @@ impl Metrics {
             upstream_connect_errors,
             upstream_timeouts,
             downstream_connections,
+            downstream_connections_parked,
             upstream_connections,
             access_log_dropped,
             tls_handshakes,

@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) http1: auto::Builder<TokioExecutor>,
     /// The same, HTTP/2 only (TLS connections that negotiated `h2`).
     pub(crate) http2: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 on plain sockets, whose connections park while idle
+    /// (`idle.rs`); configured as `server`'s HTTP/1.1 side.
+    pub(crate) plain_http1: hyper::server::conn::http1::Builder,
     /// Flips to `true` when upgraded tunnels must close; its receiver count
     /// is the number of open tunnels.
     tunnels: watch::Sender<bool>,
@@ -88,9 +91,11 @@ impl Shared {
         server.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         let http1 = server.clone().http1_only();
         let http2 = server.clone().http2_only();
+        let mut plain_http1 = hyper::server::conn::http1::Builder::new();
+        plain_http1.timer(TokioTimer::new()).max_buf_size(header_bytes).header_read_timeout(crate::idle::IDLE_TIMEOUT);
         let pool = Pool::new(&config, &metrics);
         let (tunnels, _) = watch::channel(false);
-        Self { config, snapshot, pool, server, http1, http2, tunnels, metrics, access_log, tracer }
+        Self { config, snapshot, pool, server, http1, http2, plain_http1, tunnels, metrics, access_log, tracer }
     }
 
     /// A handle an upgraded tunnel holds while open; it resolves to `true`

@@ -8,6 +8,7 @@ mod admin;
 mod check;
 mod echo;
 mod kube;
+mod purge;
 mod ratelimit;
 mod run;
 mod telemetry;
@@ -15,6 +16,14 @@ mod telemetry;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: glibc malloc/free was 5% of the request path and a third of a
+/// reload in profiles (loadtests/results/profile-2026-11-22.md). Built with
+/// `arena_eager_commit` off (.cargo/config.toml): eager commit cost ~7 MB idle
+/// and ~10 kB per connection. `MIMALLOC_ARENA_EAGER_COMMIT=1` (or any
+/// `MIMALLOC_*` option) still overrides at run time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for invalid configuration (sysexits `EX_CONFIG`).
 pub const EX_CONFIG: u8 = 78;
@@ -52,6 +61,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .on_thread_park(sluice_proxy::metrics::flush_thread)
                 .build()?;
+            rt.spawn(purge::nudge_forever());
             rt.block_on(run::run(*args))
         }
         Command::Echo(args) => {

@@ -90,7 +90,7 @@ pub(super) fn translate(
         listeners.extend(gateway_listeners(gw, options, objects, input, report));
     }
 
-    let mut routes: Vec<&HttpRoute> = objects.http_routes.iter().collect();
+    let mut routes: Vec<&HttpRoute> = objects.http_routes.iter().map(|r| &**r).collect();
     routes.sort_by_key(|a| order_key(&a.metadata));
     for route in routes {
         attach_route(route, objects, &mut listeners, input, services, report);

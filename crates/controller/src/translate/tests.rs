@@ -203,7 +203,7 @@ fn attached_routes_are_counted_per_listener() {
 fn every_condition_carries_the_object_generation() {
     let mut objects = load("httproute-simple-same-namespace.yaml");
     for r in &mut objects.http_routes {
-        r.metadata.generation = Some(7);
+        std::sync::Arc::make_mut(r).metadata.generation = Some(7);
     }
     let t = translate(&objects, &Options::default());
     let route_conds: Vec<_> =

@@ -370,3 +370,31 @@ fn describe_lists_every_candidate() {
     assert!(d.contains("Exact /y"), "{d}");
     assert_eq!(t.candidate_count(), 2);
 }
+
+#[test]
+fn catch_all_only_hosts_route_every_slash_path_without_a_radix_tree() {
+    // Hosts whose candidates are all PathPrefix / skip the matchit tree:
+    // every path starting with `/` matches in precedence order (conditions
+    // still checked), other request targets do not, as with the tree.
+    let mut f = Fixture::new(vec![gw_listener("")]);
+    let with_header = MatchInput {
+        path: prefix("/"),
+        conditions: Conditions {
+            headers: vec![HeaderMatch { name: HeaderName::from_static("x"), value: ValueMatch::Exact("1".into()) }],
+            ..Conditions::default()
+        },
+    };
+    f.route(0, "plain", 0, &["a.example"], vec![(vec![m(prefix("/"))], 1)]);
+    f.route(0, "header", 0, &["a.example"], vec![(vec![with_header], 2)]);
+    f.route(0, "mixed", 0, &["b.example"], vec![(vec![m(prefix("/")), m(exact("/x"))], 3)]);
+    let t = f.table();
+    for path in ["/", "/a", "/a/b/", "//", "/%7B"] {
+        assert_eq!(route(&t, "GET", "a.example", path, &[]), Some(1), "{path}");
+        assert_eq!(route(&t, "GET", "a.example", path, &[("x", "1")]), Some(2), "{path} with the header");
+        assert_eq!(route(&t, "GET", "b.example", path, &[]), Some(3), "{path} (tree)");
+    }
+    for target in ["*", "", "a"] {
+        assert_eq!(route(&t, "GET", "a.example", target, &[]), None, "{target:?}");
+        assert_eq!(route(&t, "GET", "b.example", target, &[]), None, "{target:?} (tree)");
+    }
+}
