@@ -208,7 +208,7 @@ pub struct TableInput {
 pub struct RouteTable {
     /// Monotonic generation of the config this table was compiled from.
     pub generation: u64,
-    binds: BTreeMap<BindKey, Bind>,
+    binds: BTreeMap<BindKey, Arc<Bind>>,
     services: Arc<[ServiceRef]>,
     service_labels: Arc<[Arc<str>]>,
     /// Per backend: HTTP/2 prior knowledge upstream.
@@ -235,11 +235,11 @@ pub struct Bind {
     listeners: Vec<Listener>,
     exact: HashMap<String, usize>,
     /// SNI → certificate, for the HTTPS listeners on this socket.
-    tls: crate::tls::SniCerts,
+    tls: Arc<crate::tls::SniCerts>,
 }
 
 /// A compiled listener.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Listener {
     /// `namespace/gateway/listener`.
     pub name: Arc<str>,
@@ -250,7 +250,11 @@ pub struct Listener {
     /// Protocol.
     pub protocol: Protocol,
     order: u32,
-    hosts: HostRoutes,
+    /// Index in [`TableInput::listeners`] (incremental updates find it by this).
+    index: usize,
+    precedence: Precedence,
+    /// Shared with later tables an incremental update leaves it unchanged in.
+    hosts: Arc<HostRoutes>,
 }
 
 /// The request fields routing looks at.
@@ -297,12 +301,16 @@ struct HostRoutes {
     exact: HashMap<String, usize>,
     wildcards: Vec<(HostPattern, usize)>,
     any: Option<usize>,
-    groups: Vec<PathRouter>,
+    /// In [`PathRouter::key`] order; shared with later tables whose
+    /// incremental update leaves the group unchanged.
+    groups: Vec<Arc<PathRouter>>,
 }
 
 #[derive(Debug)]
 struct PathRouter {
     host: HostPattern,
+    /// `host` as text: groups are ordered by it.
+    key: Box<str>,
     router: matchit::Router<usize>,
     nodes: Vec<Box<[Arc<Candidate>]>>,
     /// Candidates for requests that land on no node (regex paths only).
@@ -367,22 +375,24 @@ impl RouteTable {
                 certs.entry(l.bind.clone()).or_default().push((c.host.clone(), l.order, c.cert.clone()));
             }
         }
-        for (l, routes) in input.listeners.iter().zip(per_listener) {
+        for (index, (l, routes)) in input.listeners.iter().zip(per_listener).enumerate() {
             let listener = Listener {
                 name: l.name.clone(),
                 hostname: l.hostname.clone(),
                 port: l.port,
                 protocol: l.protocol,
                 order: l.order,
-                hosts: HostRoutes::build(l, &routes),
+                index,
+                precedence: l.precedence,
+                hosts: Arc::new(HostRoutes::build(l, &routes)),
             };
             binds.entry(l.bind.clone()).or_default().push(listener);
         }
         let binds = binds
             .into_iter()
             .map(|(key, ls)| {
-                let tls = crate::tls::SniCerts::build(certs.remove(&key).unwrap_or_default());
-                (key.clone(), Bind::new(key, ls, tls))
+                let tls = Arc::new(crate::tls::SniCerts::build(certs.remove(&key).unwrap_or_default()));
+                (key.clone(), Arc::new(Bind::new(key, ls, tls)))
             })
             .collect();
         let service_labels = input.services.iter().map(|s| Arc::from(s.to_string())).collect();
@@ -410,7 +420,7 @@ impl RouteTable {
 
     /// The bind for a socket key.
     pub fn bind(&self, key: &BindKey) -> Option<&Bind> {
-        self.binds.get(key)
+        self.binds.get(key).map(|b| &**b)
     }
 
     /// Every socket this table wants.
@@ -532,7 +542,7 @@ impl RouteTable {
 // === impl Bind ===
 
 impl Bind {
-    fn new(key: BindKey, mut listeners: Vec<Listener>, tls: crate::tls::SniCerts) -> Self {
+    fn new(key: BindKey, mut listeners: Vec<Listener>, tls: Arc<crate::tls::SniCerts>) -> Self {
         listeners.sort_by(|a, b| b.hostname.specificity().cmp(&a.hostname.specificity()).then(a.order.cmp(&b.order)));
         let mut exact = HashMap::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -614,67 +624,47 @@ impl Listener {
 
 impl HostRoutes {
     fn build(listener: &ListenerInput, routes: &[&RouteInput]) -> Self {
-        let mut by_host: BTreeMap<HostKey, Vec<Arc<Candidate>>> = BTreeMap::new();
+        // Groups in host text order (the key is formatted once per host).
+        let mut by_host: BTreeMap<String, (HostPattern, Vec<Arc<Candidate>>)> = BTreeMap::new();
         for r in routes {
-            let candidates: Vec<Arc<Candidate>> = r
-                .rules
-                .iter()
-                .flat_map(|rule| {
-                    rule.matches.iter().enumerate().map(|(mi, m)| {
-                        Arc::new(Candidate {
-                            path_len: match &m.path {
-                                PathMatch::Exact(p) => p.len(),
-                                PathMatch::Prefix(p) => p.len().max(1),
-                                PathMatch::Regex(re) => re.as_str().len(),
-                            },
-                            path: m.path.clone(),
-                            conditions: m.conditions.clone(),
-                            rule: rule.rule.clone(),
-                            created: r.created,
-                            fallback: r.fallback,
-                            match_index: mi,
-                        })
-                    })
-                })
-                .collect();
-            let hosts: Vec<HostPattern> =
-                if r.hostnames.is_empty() { vec![listener.hostname.clone()] } else { r.hostnames.clone() };
+            let candidates = Candidate::of_route(r);
+            let hosts: &[HostPattern] =
+                if r.hostnames.is_empty() { std::slice::from_ref(&listener.hostname) } else { &r.hostnames };
             for h in hosts {
-                by_host.entry(HostKey(h)).or_default().extend(candidates.iter().cloned());
+                by_host
+                    .entry(h.to_string())
+                    .or_insert_with(|| (h.clone(), Vec::new()))
+                    .1
+                    .extend(candidates.iter().cloned());
             }
         }
+        let groups = by_host
+            .into_iter()
+            .map(|(key, (host, mut cands))| {
+                cands.sort_by(|a, b| Candidate::precedence(listener.precedence, a, b));
+                Arc::new(PathRouter::build(host, key.into(), cands))
+            })
+            .collect();
+        Self::index(groups)
+    }
+
+    /// The host indexes over `groups` (in key order).
+    fn index(groups: Vec<Arc<PathRouter>>) -> Self {
         let mut out = Self::default();
         let mut wildcards = Vec::new();
-        for (HostKey(host), mut cands) in by_host {
-            cands.sort_by(|a, b| Candidate::precedence(listener.precedence, a, b));
-            let gi = out.groups.len();
-            match &host {
+        for (gi, g) in groups.iter().enumerate() {
+            match &g.host {
                 HostPattern::Exact(h) => {
                     out.exact.insert(h.clone(), gi);
                 }
-                HostPattern::Wildcard { .. } => wildcards.push((host.clone(), gi)),
+                HostPattern::Wildcard { .. } => wildcards.push((g.host.clone(), gi)),
                 HostPattern::Any => out.any = Some(gi),
             }
-            out.groups.push(PathRouter::build(host, cands));
         }
         wildcards.sort_by_key(|(h, _)| Reverse(h.specificity()));
         out.wildcards = wildcards;
+        out.groups = groups;
         out
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct HostKey(HostPattern);
-
-impl Ord for HostKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.to_string().cmp(&other.0.to_string())
-    }
-}
-
-impl PartialOrd for HostKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
     }
 }
 
@@ -689,7 +679,7 @@ enum Node {
 }
 
 impl PathRouter {
-    fn build(host: HostPattern, all: Vec<Arc<Candidate>>) -> Self {
+    fn build(host: HostPattern, key: Box<str>, all: Vec<Arc<Candidate>>) -> Self {
         let mut keys = std::collections::BTreeSet::new();
         for c in &all {
             match &c.path {
@@ -728,7 +718,7 @@ impl PathRouter {
             })
             .cloned()
             .collect();
-        Self { host, router, nodes, fallback, all }
+        Self { host, key, router, nodes, fallback, all }
     }
 
     fn lookup(&self, req: &RequestParts<'_>) -> Option<&Arc<Candidate>> {
@@ -747,6 +737,30 @@ fn escape(s: &str) -> String {
 // === impl Candidate ===
 
 impl Candidate {
+    /// The candidates of a route: one per match of each rule.
+    fn of_route(r: &RouteInput) -> Vec<Arc<Self>> {
+        r.rules
+            .iter()
+            .flat_map(|rule| {
+                rule.matches.iter().enumerate().map(|(mi, m)| {
+                    Arc::new(Self {
+                        path_len: match &m.path {
+                            PathMatch::Exact(p) => p.len(),
+                            PathMatch::Prefix(p) => p.len().max(1),
+                            PathMatch::Regex(re) => re.as_str().len(),
+                        },
+                        path: m.path.clone(),
+                        conditions: m.conditions.clone(),
+                        rule: rule.rule.clone(),
+                        created: r.created,
+                        fallback: r.fallback,
+                        match_index: mi,
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// Whether this candidate belongs in the list of `node`. Regex
     /// candidates belong everywhere and are checked per request.
     fn applies_to(&self, node: &Node) -> bool {
@@ -913,6 +927,10 @@ fn decode(s: &str) -> Cow<'_, str> {
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
+
+mod incremental;
+
+pub use incremental::TableUpdate;
 
 #[cfg(test)]
 mod tests;
