@@ -1,7 +1,8 @@
 //! Where a one-route change goes at 5,000 HTTPRoutes (loadtests scenario 6):
 //! the change file is rewritten (temp file + rename), then each step of a
 //! reload is timed on its own: `FileSource::load`, the change check, translate,
-//! compile, endpoints, and dropping the previous objects and table.
+//! compile, endpoints, and dropping the previous objects and table; then the
+//! same through the incremental path (`Incremental::prepare` + `commit`).
 //!
 //! `cargo bench -p sluice-controller --bench reload` (plain timings, not
 //! criterion: the steps only make sense in sequence). Prints the median and
@@ -107,6 +108,46 @@ fn main() {
         steps.add("drop previous objects", t0.elapsed());
         steps.add("total", start.elapsed());
     }
+    steps.print();
+
+    // The same changes through the incremental path (what `sluice run`
+    // does for an HTTPRoute-only change).
+    let mut steps = Steps::default();
+    let mut inc = sluice_controller::Incremental::default();
+    let t = translate(&prev, &options);
+    let limits = !t.rate_limits.is_empty();
+    let mut table = RouteTable::compile(t.input, 1);
+    inc.reset(&table, &t.report, &prev, limits);
+    for i in 1..=changes {
+        write_atomic(&dir.join("20-change.yaml"), &route("change-0", &format!("inc-{i}.example.com")));
+        let start = Instant::now();
+        let (objects, report) = source.load();
+        steps.add("FileSource::load", start.elapsed());
+        assert!(!report.has_errors());
+        let t0 = Instant::now();
+        black_box(objects.same_except_endpoints(&prev));
+        steps.add("same_except_endpoints", t0.elapsed());
+        let t0 = Instant::now();
+        let p = inc.prepare(&prev, &objects, &options).unwrap_or_else(|| panic!("change {i} not incremental"));
+        steps.add("Incremental::prepare", t0.elapsed());
+        let t0 = Instant::now();
+        let next = inc.commit(p, &table, i as u64 + 1);
+        steps.add("Incremental::commit", t0.elapsed());
+        let t0 = Instant::now();
+        let mut r = report.clone();
+        r.statuses.extend(inc.report().statuses.iter().cloned());
+        r.diagnostics.extend(inc.report().diagnostics.iter().cloned());
+        black_box(r);
+        steps.add("report clone", t0.elapsed());
+        let t0 = Instant::now();
+        drop(std::mem::replace(&mut table, next));
+        steps.add("drop previous table", t0.elapsed());
+        let t0 = Instant::now();
+        drop(std::mem::replace(&mut prev, objects));
+        steps.add("drop previous objects", t0.elapsed());
+        steps.add("total", start.elapsed());
+    }
+    println!("\nincremental:");
     steps.print();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,7 +27,9 @@ use regex::Regex;
 use crate::backend::{BackendGroup, BackendTarget, Endpoints, ServiceRef};
 use crate::filter::Filter;
 use crate::host::{HostPattern, normalize_host};
-use crate::path::{PathMatch, prefix_matches};
+use crate::path::PathMatch;
+#[cfg(test)]
+use crate::path::prefix_matches;
 
 /// Identifies a listening socket: a port, optionally dedicated to one
 /// Gateway (`namespace/name`). `gateway: None` is shared by every Gateway
@@ -696,10 +698,52 @@ impl PathRouter {
                 PathMatch::Regex(_) => {}
             }
         }
+        // Candidates by path value, so each node finds its list from its own
+        // path's element prefixes instead of testing every candidate (a host
+        // with thousands of paths would otherwise cost nodes × candidates).
+        let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut prefix: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut regex = Vec::new();
+        for (i, c) in all.iter().enumerate() {
+            match &c.path {
+                PathMatch::Exact(p) => exact.entry(p.as_str()).or_default().push(i),
+                PathMatch::Prefix(p) => prefix.entry(p.as_str()).or_default().push(i),
+                PathMatch::Regex(_) => regex.push(i),
+            }
+        }
         let mut router = matchit::Router::new();
         let mut nodes = Vec::with_capacity(keys.len());
+        let mut picked: Vec<usize> = Vec::new();
         for node in keys {
-            let list: Box<[Arc<Candidate>]> = all.iter().filter(|c| c.applies_to(&node)).cloned().collect();
+            picked.clear();
+            picked.extend_from_slice(&regex);
+            let path = match &node {
+                Node::Static(s) => {
+                    picked.extend(exact.get(s.as_str()).into_iter().flatten());
+                    s
+                }
+                Node::CatchAll(base) => {
+                    picked.extend(prefix.get("").into_iter().flatten());
+                    base
+                }
+            };
+            // The prefixes `p` with `prefix_matches(p, path)`: `path` cut at
+            // its end or before any `/`.
+            let cuts = path.match_indices('/').map(|(i, _)| i).chain(std::iter::once(path.len()));
+            for cut in cuts {
+                picked.extend(path.get(..cut).and_then(|p| prefix.get(p)).into_iter().flatten());
+            }
+            // `all` is in precedence order: keep it.
+            picked.sort_unstable();
+            picked.dedup();
+            let list: Box<[Arc<Candidate>]> = picked.iter().filter_map(|&i| all.get(i)).cloned().collect();
+            // Model tests check the lists against the definition.
+            #[cfg(test)]
+            assert!(
+                list.iter()
+                    .map(|c| &**c as *const Candidate)
+                    .eq(all.iter().filter(|c| c.applies_to(&node)).map(|c| &**c as *const Candidate))
+            );
             let route = match &node {
                 Node::Static(s) => escape(s),
                 Node::CatchAll(p) => format!("{}/{{*rest}}", escape(p)),
@@ -761,8 +805,10 @@ impl Candidate {
             .collect()
     }
 
-    /// Whether this candidate belongs in the list of `node`. Regex
+    /// Whether this candidate belongs in the list of `node` (the definition
+    /// `PathRouter::build`'s indexed selection is tested against). Regex
     /// candidates belong everywhere and are checked per request.
+    #[cfg(test)]
     fn applies_to(&self, node: &Node) -> bool {
         match (&self.path, node) {
             (PathMatch::Regex(_), _) => true,

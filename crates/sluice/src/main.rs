@@ -9,6 +9,7 @@ mod check;
 mod echo;
 mod kube;
 mod ratelimit;
+mod reclaim;
 mod run;
 mod telemetry;
 

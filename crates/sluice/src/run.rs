@@ -132,6 +132,10 @@ pub(crate) struct Controller {
     pub(crate) strict: bool,
     limits: sluice_proxy::RateLimits,
     ratelimit: crate::ratelimit::RateLimitArgs,
+    /// State for HTTPRoute-only changes, which skip the full translation.
+    incremental: sluice_controller::Incremental,
+    /// Frees replaced tables and objects off the reload path.
+    reclaim: crate::reclaim::Reclaim,
 }
 
 /// Control-plane metrics, registered beside the proxy's.
@@ -261,22 +265,55 @@ impl Controller {
             self.swap_endpoints(objects.endpoint_slices, since);
             return Ok(false);
         }
-        let t = translate(&objects, &self.options);
-        report.statuses.extend(t.report.statuses);
-        report.diagnostics.extend(t.report.diagnostics);
-        if self.strict && report.has_errors() {
-            return Err(report);
-        }
-        log_report(&report);
-        crate::ratelimit::bind(&self.limits, &t.rate_limits);
-        let report = report.clone();
         let generation = self.generation + 1;
-        let table = RouteTable::compile(t.input, generation);
-        let eps = endpoints::build(table.services(), &objects);
+        // A few HTTPRoutes changed: translate those only, rebuild only their
+        // host groups. An invalid change takes the full path below, which
+        // builds the complete error report.
+        let prepared = (self.generation > 0)
+            .then(|| self.incremental.prepare(&self.objects, &objects, &self.options))
+            .flatten()
+            .filter(|p| !(self.strict && p.has_errors()));
+        let (table, eps, report) = match prepared {
+            Some(p) => {
+                let changed = p.changed();
+                let current = self.snapshot.load_full();
+                let table = self.incremental.commit(p, &current.routes, generation);
+                report.statuses.extend(self.incremental.report().statuses.iter().cloned());
+                report.diagnostics.extend(self.incremental.report().diagnostics.iter().cloned());
+                log_report(&report);
+                // Same Services and EndpointSlices: endpoints are reused, and
+                // appended services get theirs.
+                let known = current.routes.services().len();
+                let eps = match table.services().get(known..) {
+                    Some(more) if !more.is_empty() => {
+                        Arc::new(current.endpoints.appended(endpoints::build(more, &objects)))
+                    }
+                    _ => current.endpoints.clone(),
+                };
+                tracing::debug!(routes = changed, "Incremental update");
+                (table, eps, report)
+            }
+            None => {
+                let t = translate(&objects, &self.options);
+                report.statuses.extend(t.report.statuses.iter().cloned());
+                report.diagnostics.extend(t.report.diagnostics.iter().cloned());
+                if self.strict && report.has_errors() {
+                    return Err(report);
+                }
+                log_report(&report);
+                crate::ratelimit::bind(&self.limits, &t.rate_limits);
+                let table = RouteTable::compile(t.input, generation);
+                self.incremental.reset(&table, &t.report, &objects, !t.rate_limits.is_empty());
+                self.reclaim.drop_later(t.report);
+                let eps = Arc::new(endpoints::build(table.services(), &objects));
+                (table, eps, report)
+            }
+        };
         let candidates = table.candidate_count();
         let backends = table.services().len();
-        self.snapshot.store(Arc::new(Snapshot { routes: Arc::new(table), endpoints: Arc::new(eps) }));
-        self.objects = objects;
+        let old = self.snapshot.swap(Arc::new(Snapshot { routes: Arc::new(table), endpoints: eps }));
+        self.reclaim.drop_later(old);
+        self.reclaim.drop_later(std::mem::replace(&mut self.objects, objects));
         self.generation = generation;
         let m = &self.metrics;
         m.apply_seconds.observe(since.elapsed().as_secs_f64());
@@ -284,12 +321,13 @@ impl Controller {
         m.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         m.candidates.set(i64::try_from(candidates).unwrap_or(i64::MAX));
         m.backends.set(i64::try_from(backends).unwrap_or(i64::MAX));
-        self.admin.last.store(Arc::new(LastApply {
+        let last = self.admin.last.swap(Arc::new(LastApply {
             applied_at: Some(SystemTime::now()),
             generation,
             rejected: false,
             report,
         }));
+        self.reclaim.drop_later(last);
         tracing::info!(
             generation,
             candidates,
@@ -405,6 +443,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         strict: args.config.is_some(),
         limits,
         ratelimit: args.ratelimit.clone(),
+        incremental: sluice_controller::Incremental::default(),
+        reclaim: crate::reclaim::Reclaim::start(),
     };
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
     let code = match args.config.clone() {

@@ -123,15 +123,11 @@ impl Incremental {
         let base_listeners = scratch.listeners.len();
         let tls = backendtls::Policies::build(new, &mut Report::default());
         let index = crate::endpoints::Index::new(new);
-        let mut before = Services { index, tls, base: Some(&self.ids), ..Services::default() };
-        let (old_inputs, removed_report) = attach(&removed, new, &mut listeners, &mut before);
+        // One interner for both versions: the old versions' services are all
+        // in the table already (they were interned when it was built).
+        let mut services = Services { index, tls, base: Some(&self.ids), ..Services::default() };
+        let (old_inputs, removed_report) = attach(&removed, new, &mut listeners, &mut services);
         let old_counts: Vec<u32> = listeners.iter_mut().map(|l| std::mem::take(&mut l.attached)).collect();
-        let mut services = Services {
-            index: crate::endpoints::Index::new(new),
-            tls: backendtls::Policies::build(new, &mut Report::default()),
-            base: Some(&self.ids),
-            ..Services::default()
-        };
         let (new_inputs, added_report) = attach(&added, new, &mut listeners, &mut services);
         debug_assert_eq!(scratch.listeners.len(), base_listeners);
         let attached = listeners
