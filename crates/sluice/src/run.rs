@@ -16,11 +16,13 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Re
 use sluice_controller::report::Severity;
 use sluice_controller::source::file::{self, FileEvent};
 use sluice_controller::{Objects, Report, endpoints, translate};
-use sluice_model::{BindKey, RouteTable, Snapshot};
+use sluice_model::{BindKey, Endpoints, RouteTable, Snapshot};
 use sluice_proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig, Telemetry};
 use tokio::sync::mpsc;
 
 use crate::admin::{AdminState, LastApply};
+
+mod incremental;
 use crate::check::TranslateArgs;
 use crate::telemetry::{TraceArgs, Tracing};
 
@@ -273,26 +275,9 @@ impl Controller {
             .then(|| self.incremental.prepare(&self.objects, &objects, &self.options))
             .flatten()
             .filter(|p| !(self.strict && p.has_errors()));
+        let incremental = prepared.is_some();
         let (table, eps, report) = match prepared {
-            Some(p) => {
-                let changed = p.changed();
-                let current = self.snapshot.load_full();
-                let table = self.incremental.commit(p, &current.routes, generation);
-                report.statuses.extend(self.incremental.report().statuses.iter().cloned());
-                report.diagnostics.extend(self.incremental.report().diagnostics.iter().cloned());
-                log_report(&report);
-                // Same Services and EndpointSlices: endpoints are reused, and
-                // appended services get theirs.
-                let known = current.routes.services().len();
-                let eps = match table.services().get(known..) {
-                    Some(more) if !more.is_empty() => {
-                        Arc::new(current.endpoints.appended(endpoints::build(more, &objects)))
-                    }
-                    _ => current.endpoints.clone(),
-                };
-                tracing::debug!(routes = changed, "Incremental update");
-                (table, eps, report)
-            }
+            Some(p) => self.commit_incremental(p, report, Some(&objects), generation),
             None => {
                 let t = translate(&objects, &self.options);
                 report.statuses.extend(t.report.statuses.iter().cloned());
@@ -309,11 +294,27 @@ impl Controller {
                 (table, eps, report)
             }
         };
+        self.reclaim.drop_later(std::mem::replace(&mut self.objects, objects));
+        self.publish(table, eps, report, incremental, since, started);
+        Ok(true)
+    }
+
+    /// Swaps in a new table (generation `self.generation + 1`) and records
+    /// the apply (`incremental`: only changed routes were compiled).
+    fn publish(
+        &mut self,
+        table: RouteTable,
+        eps: Arc<Endpoints>,
+        report: Report,
+        incremental: bool,
+        since: Instant,
+        started: Instant,
+    ) {
+        let generation = table.generation;
         let candidates = table.candidate_count();
         let backends = table.services().len();
         let old = self.snapshot.swap(Arc::new(Snapshot { routes: Arc::new(table), endpoints: eps }));
         self.reclaim.drop_later(old);
-        self.reclaim.drop_later(std::mem::replace(&mut self.objects, objects));
         self.generation = generation;
         let m = &self.metrics;
         m.apply_seconds.observe(since.elapsed().as_secs_f64());
@@ -331,10 +332,10 @@ impl Controller {
         tracing::info!(
             generation,
             candidates,
+            incremental,
             elapsed_us = started.elapsed().as_micros() as u64,
             "Route table applied"
         );
-        Ok(true)
     }
 }
 
@@ -529,6 +530,8 @@ async fn run_files(
     // been quiet for QUIET.
     let mut writing: HashSet<PathBuf> = HashSet::new();
     let mut dirty_since: Option<Instant> = None;
+    // Whether the served table was built from the source's last load.
+    let mut in_sync = true;
 
     loop {
         tokio::select! {
@@ -553,8 +556,23 @@ async fn run_files(
                 }
                 writing.clear();
                 let since = dirty_since.take().unwrap_or_else(Instant::now);
-                let (objects, report) = source.load();
-                if let Err(report) = controller.apply(objects, report, since).await {
+                // While the served table is the last load's, only what changed
+                // is read; a change confined to HTTPRoute-only files is applied
+                // on its own.
+                let loaded = if in_sync { source.load_changes() } else { let (o, r) = source.load(); file::Loaded::Config(o, r) };
+                let result = match loaded {
+                    file::Loaded::Unchanged => Ok(false),
+                    file::Loaded::Routes { removed, added } => match controller.apply_routes(&removed, added, since) {
+                        Some(result) => result,
+                        None => {
+                            let (objects, report) = source.load();
+                            controller.apply(objects, report, since).await
+                        }
+                    },
+                    file::Loaded::Config(objects, report) => controller.apply(objects, report, since).await,
+                };
+                in_sync = result.is_ok();
+                if let Err(report) = result {
                     log_report(&report);
                     tracing::error!(generation = controller.generation, "Invalid config change ignored; the last good table keeps serving");
                 }

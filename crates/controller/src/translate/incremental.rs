@@ -96,8 +96,24 @@ impl Incremental {
             return None;
         }
         let (removed, added) = route_changes(old, new)?;
+        self.prepare_changes(new, &removed, &added, options)
+    }
+
+    /// [`Incremental::prepare`] for a change already known: `objects` (the
+    /// current table's, or the new ones: everything but HTTPRoutes is the
+    /// same), the old versions of the HTTPRoutes that left or changed, and
+    /// the new versions of those that came or changed. `None` when a full
+    /// translation is needed.
+    pub fn prepare_changes(
+        &self,
+        objects: &Objects,
+        removed: &[&HttpRoute],
+        added: &[&HttpRoute],
+        options: &Options,
+    ) -> Option<Prepared> {
+        let new = objects;
         let changed = removed.len() + added.len();
-        if changed == 0 || changed > MAX_CHANGED {
+        if !self.enabled || self.appended > MAX_APPENDED || changed == 0 || changed > MAX_CHANGED {
             return None;
         }
         // Rate limit filters are resolved by `ratelimit::attach` over the
@@ -110,7 +126,7 @@ impl Incremental {
                 .flat_map(|rule| rule.filters.iter().flatten())
                 .any(crate::ratelimit::is_policy_ref)
         };
-        if removed.iter().chain(&added).any(|r| policy_ref(r)) {
+        if removed.iter().chain(added).any(|r| policy_ref(r)) {
             return None;
         }
         let mut scratch = TableInput::default();
@@ -126,9 +142,9 @@ impl Incremental {
         // One interner for both versions: the old versions' services are all
         // in the table already (they were interned when it was built).
         let mut services = Services { index, tls, base: Some(&self.ids), ..Services::default() };
-        let (old_inputs, removed_report) = attach(&removed, new, &mut listeners, &mut services);
+        let (old_inputs, removed_report) = attach(removed, new, &mut listeners, &mut services);
         let old_counts: Vec<u32> = listeners.iter_mut().map(|l| std::mem::take(&mut l.attached)).collect();
-        let (new_inputs, added_report) = attach(&added, new, &mut listeners, &mut services);
+        let (new_inputs, added_report) = attach(added, new, &mut listeners, &mut services);
         debug_assert_eq!(scratch.listeners.len(), base_listeners);
         let attached = listeners
             .iter()
