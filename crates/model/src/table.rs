@@ -300,7 +300,9 @@ pub enum NoRoute {
 
 #[derive(Debug, Default)]
 struct HostRoutes {
-    exact: HashMap<String, usize>,
+    /// Keys share the groups' [`PathRouter::key`] (an exact host's text is
+    /// the host).
+    exact: HashMap<Arc<str>, usize>,
     wildcards: Vec<(HostPattern, usize)>,
     any: Option<usize>,
     /// In [`PathRouter::key`] order; shared with later tables whose
@@ -312,7 +314,7 @@ struct HostRoutes {
 struct PathRouter {
     host: HostPattern,
     /// `host` as text: groups are ordered by it.
-    key: Box<str>,
+    key: Arc<str>,
     router: matchit::Router<usize>,
     nodes: Vec<Box<[Arc<Candidate>]>>,
     /// Candidates for requests that land on no node (regex paths only).
@@ -652,12 +654,12 @@ impl HostRoutes {
 
     /// The host indexes over `groups` (in key order).
     fn index(groups: Vec<Arc<PathRouter>>) -> Self {
-        let mut out = Self::default();
+        let mut out = Self { exact: HashMap::with_capacity(groups.len()), ..Self::default() };
         let mut wildcards = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             match &g.host {
-                HostPattern::Exact(h) => {
-                    out.exact.insert(h.clone(), gi);
+                HostPattern::Exact(_) => {
+                    out.exact.insert(g.key.clone(), gi);
                 }
                 HostPattern::Wildcard { .. } => wildcards.push((g.host.clone(), gi)),
                 HostPattern::Any => out.any = Some(gi),
@@ -681,7 +683,7 @@ enum Node {
 }
 
 impl PathRouter {
-    fn build(host: HostPattern, key: Box<str>, all: Vec<Arc<Candidate>>) -> Self {
+    fn build(host: HostPattern, key: Arc<str>, all: Vec<Arc<Candidate>>) -> Self {
         let mut keys = std::collections::BTreeSet::new();
         for c in &all {
             match &c.path {
