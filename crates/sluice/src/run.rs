@@ -277,7 +277,11 @@ impl Controller {
             .filter(|p| !(self.strict && p.has_errors()));
         let incremental = prepared.is_some();
         let (table, eps, report) = match prepared {
-            Some(p) => self.commit_incremental(p, report, Some(&objects), generation),
+            Some(p) => {
+                let (table, eps) = self.commit_incremental(p, Some(&objects), generation);
+                // `publish` adds the translation's part after the swap.
+                (table, eps, report)
+            }
             None => {
                 let t = translate(&objects, &self.options);
                 report.statuses.extend(t.report.statuses.iter().cloned());
@@ -299,23 +303,33 @@ impl Controller {
         Ok(true)
     }
 
-    /// Swaps in a new table (generation `self.generation + 1`) and records
-    /// the apply (`incremental`: only changed routes were compiled).
+    /// Swaps in a new table (generation `self.generation + 1`), then
+    /// records the apply. `incremental`: only changed routes were compiled,
+    /// and `report` holds only the source's diagnostics: the translation's
+    /// ([`sluice_controller::Incremental::report`]) are added after the swap,
+    /// off the propagation path.
     fn publish(
         &mut self,
         table: RouteTable,
         eps: Arc<Endpoints>,
-        report: Report,
+        mut report: Report,
         incremental: bool,
         since: Instant,
         started: Instant,
     ) {
         let generation = table.generation;
-        let candidates = table.candidate_count();
-        let backends = table.services().len();
-        let old = self.snapshot.swap(Arc::new(Snapshot { routes: Arc::new(table), endpoints: eps }));
+        let table = Arc::new(table);
+        let old = self.snapshot.swap(Arc::new(Snapshot { routes: table.clone(), endpoints: eps }));
+        let swap_us = started.elapsed().as_micros() as u64;
         self.reclaim.drop_later(old);
         self.generation = generation;
+        if incremental {
+            report.statuses.extend(self.incremental.report().statuses.iter().cloned());
+            report.diagnostics.extend(self.incremental.report().diagnostics.iter().cloned());
+            log_report(&report);
+        }
+        let candidates = table.candidate_count();
+        let backends = table.services().len();
         let m = &self.metrics;
         m.apply_seconds.observe(since.elapsed().as_secs_f64());
         m.applies.inc();
@@ -333,6 +347,7 @@ impl Controller {
             generation,
             candidates,
             incremental,
+            swap_us,
             elapsed_us = started.elapsed().as_micros() as u64,
             "Route table applied"
         );

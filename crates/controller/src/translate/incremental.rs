@@ -78,11 +78,6 @@ impl Incremental {
         self.enabled = !rate_limits && objects.rate_limit_policies.is_empty();
     }
 
-    /// Forgets the current table (the next change goes the full way).
-    pub fn clear(&mut self) {
-        *self = Self::default();
-    }
-
     /// The translation report of the current table.
     pub fn report(&self) -> &Report {
         &self.report

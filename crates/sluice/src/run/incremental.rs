@@ -11,28 +11,23 @@ use sluice_controller::source::file::HttpRoute;
 use sluice_controller::{Prepared, Report, endpoints};
 use sluice_model::{Endpoints, RouteTable};
 
-use super::{Controller, log_report};
+use super::Controller;
 
 impl Controller {
     /// Commits a prepared incremental update on top of the current table:
-    /// the new table, its endpoints and the full report (`report`, the
-    /// source's, plus the translation's). `objects`: the new objects when
-    /// not yet in `self.objects` (their Services and EndpointSlices are the
-    /// same either way).
+    /// the new table and its endpoints. `objects`: the new objects when not
+    /// yet in `self.objects` (their Services and EndpointSlices are the same
+    /// either way). The report is completed by [`Controller::publish`].
     pub(super) fn commit_incremental(
         &mut self,
         prepared: Prepared,
-        mut report: Report,
         objects: Option<&sluice_controller::Objects>,
         generation: u64,
-    ) -> (RouteTable, Arc<Endpoints>, Report) {
+    ) -> (RouteTable, Arc<Endpoints>) {
         let objects = objects.unwrap_or(&self.objects);
         let changed = prepared.changed();
         let current = self.snapshot.load_full();
         let table = self.incremental.commit(prepared, &current.routes, generation);
-        report.statuses.extend(self.incremental.report().statuses.iter().cloned());
-        report.diagnostics.extend(self.incremental.report().diagnostics.iter().cloned());
-        log_report(&report);
         // Same Services and EndpointSlices: endpoints are reused, and
         // appended services get theirs.
         let known = current.routes.services().len();
@@ -41,7 +36,7 @@ impl Controller {
             _ => current.endpoints.clone(),
         };
         tracing::debug!(routes = changed, "Incremental update");
-        (table, eps, report)
+        (table, eps)
     }
 
     /// Applies a change of HTTPRoutes only (from files holding nothing
@@ -93,7 +88,7 @@ impl Controller {
             .prepare_changes(&self.objects, &changed_old, &changed_new, &self.options)
             .filter(|p| !(self.strict && p.has_errors()))?;
         let generation = self.generation + 1;
-        let (table, eps, report) = self.commit_incremental(prepared, Report::default(), None, generation);
+        let (table, eps) = self.commit_incremental(prepared, None, generation);
         // The objects move on without copying the unchanged ones.
         let mut gone = Vec::with_capacity(leaving.len());
         for i in leaving.into_iter().rev() {
@@ -101,7 +96,7 @@ impl Controller {
         }
         self.objects.http_routes.extend(added);
         self.reclaim.drop_later(gone);
-        self.publish(table, eps, report, true, since, started);
+        self.publish(table, eps, Report::default(), true, since, started);
         Some(Ok(true))
     }
 }
