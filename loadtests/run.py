@@ -38,7 +38,7 @@ from render import BACKEND_PORTS, PORTS, Route  # noqa: E402
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 WRK_LUA = HERE / "wrk" / "report.lua"
-SLUICE_BIN = REPO / "target" / "release" / "sluice"
+SLUICE_BIN = Path(os.environ.get("SLUICE_BIN") or REPO / "target" / "release" / "sluice")  # env: another build
 ECHO_ALT_PORT = 18011  # `sluice echo --static-body`, the alternative backend (direct row only)
 APP = "app.example.com"
 ALL_PROXIES = ["sluice", "nginx", "haproxy", "caddy"]

@@ -17,7 +17,7 @@ pub mod translate;
 
 pub use objects::Objects;
 pub use report::{Condition, Diagnostic, ObjectStatus, Report, Severity};
-pub use translate::{Options, Translation, translate};
+pub use translate::{Incremental, Options, Prepared, Translation, translate};
 
 /// Sluice's default GatewayClass `spec.controllerName`.
 pub const GATEWAY_CONTROLLER: &str = "sluice.dev/gateway-controller";

@@ -8,9 +8,11 @@
 mod backend;
 mod backendtls;
 mod gateway;
+mod incremental;
 mod ingress;
 mod tls;
 
+pub use incremental::{Incremental, Prepared};
 pub use tls::parse_pem;
 
 use std::collections::BTreeMap;
@@ -60,6 +62,9 @@ struct Services<'a> {
     tls: backendtls::Policies,
     /// Service ports spoken to over TLS.
     upstream_tls: Vec<UpstreamTlsInput>,
+    /// Incremental translation: the current table's ids (`list` then holds
+    /// only the services appended after them).
+    base: Option<&'a BTreeMap<ServiceRef, BackendId>>,
 }
 
 // === impl Options ===
@@ -78,10 +83,11 @@ impl Default for Options {
 
 impl Services<'_> {
     fn intern(&mut self, svc: ServiceRef) -> BackendId {
-        if let Some(id) = self.ids.get(&svc) {
+        if let Some(id) = self.base.and_then(|b| b.get(&svc)).or_else(|| self.ids.get(&svc)) {
             return *id;
         }
-        let id = BackendId(u32::try_from(self.list.len()).unwrap_or(u32::MAX));
+        let offset = self.base.map_or(0, BTreeMap::len);
+        let id = BackendId(u32::try_from(offset + self.list.len()).unwrap_or(u32::MAX));
         let service = self.index.service(&svc.namespace, &svc.name);
         let app_protocol =
             service.and_then(|s| crate::endpoints::service_port(s, svc.port)).and_then(|p| p.app_protocol.as_deref());

@@ -176,6 +176,12 @@ impl Endpoints {
         self.sets.get(id.0 as usize).map(|s| &**s)
     }
 
+    /// These sets followed by `more` (for services appended to a table);
+    /// the sets already here are shared, round-robin positions included.
+    pub fn appended(&self, more: Endpoints) -> Self {
+        Self { sets: self.sets.iter().cloned().chain(more.sets.into_vec()).collect() }
+    }
+
     /// Number of sets.
     pub fn len(&self) -> usize {
         self.sets.len()

@@ -23,6 +23,7 @@ pub use path::PathMatch;
 pub use ratelimit::RateLimit;
 pub use table::{
     Bind, BindKey, Conditions, HeaderMatch, ListenerInput, MatchInput, NoRoute, Precedence, Protocol, QueryMatch,
-    RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot, TableInput, ValueMatch,
+    RequestParts, RouteInput, RouteMatch, RouteRef, RouteTable, Rule, RuleInput, Snapshot, TableInput, TableUpdate,
+    ValueMatch,
 };
 pub use tls::{CertInput, Certificate, SniCerts, UpstreamTls, UpstreamTlsInput};

@@ -27,7 +27,9 @@ use regex::Regex;
 use crate::backend::{BackendGroup, BackendTarget, Endpoints, ServiceRef};
 use crate::filter::Filter;
 use crate::host::{HostPattern, normalize_host};
-use crate::path::{PathMatch, prefix_matches};
+use crate::path::PathMatch;
+#[cfg(test)]
+use crate::path::prefix_matches;
 
 /// Identifies a listening socket: a port, optionally dedicated to one
 /// Gateway (`namespace/name`). `gateway: None` is shared by every Gateway
@@ -208,7 +210,7 @@ pub struct TableInput {
 pub struct RouteTable {
     /// Monotonic generation of the config this table was compiled from.
     pub generation: u64,
-    binds: BTreeMap<BindKey, Bind>,
+    binds: BTreeMap<BindKey, Arc<Bind>>,
     services: Arc<[ServiceRef]>,
     service_labels: Arc<[Arc<str>]>,
     /// Per backend: HTTP/2 prior knowledge upstream.
@@ -235,11 +237,11 @@ pub struct Bind {
     listeners: Vec<Listener>,
     exact: HashMap<String, usize>,
     /// SNI → certificate, for the HTTPS listeners on this socket.
-    tls: crate::tls::SniCerts,
+    tls: Arc<crate::tls::SniCerts>,
 }
 
 /// A compiled listener.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Listener {
     /// `namespace/gateway/listener`.
     pub name: Arc<str>,
@@ -250,7 +252,11 @@ pub struct Listener {
     /// Protocol.
     pub protocol: Protocol,
     order: u32,
-    hosts: HostRoutes,
+    /// Index in [`TableInput::listeners`] (incremental updates find it by this).
+    index: usize,
+    precedence: Precedence,
+    /// Shared with later tables an incremental update leaves it unchanged in.
+    hosts: Arc<HostRoutes>,
 }
 
 /// The request fields routing looks at.
@@ -294,15 +300,21 @@ pub enum NoRoute {
 
 #[derive(Debug, Default)]
 struct HostRoutes {
-    exact: HashMap<String, usize>,
+    /// Keys share the groups' [`PathRouter::key`] (an exact host's text is
+    /// the host).
+    exact: HashMap<Arc<str>, usize>,
     wildcards: Vec<(HostPattern, usize)>,
     any: Option<usize>,
-    groups: Vec<PathRouter>,
+    /// In [`PathRouter::key`] order; shared with later tables whose
+    /// incremental update leaves the group unchanged.
+    groups: Vec<Arc<PathRouter>>,
 }
 
 #[derive(Debug)]
 struct PathRouter {
     host: HostPattern,
+    /// `host` as text: groups are ordered by it.
+    key: Arc<str>,
     /// `None` when every candidate is the catch-all prefix `/` (the common
     /// route without matches): then every path starting with `/` gets `all`
     /// and no radix tree is built (it cost ~0.7 KB per host).
@@ -370,22 +382,24 @@ impl RouteTable {
                 certs.entry(l.bind.clone()).or_default().push((c.host.clone(), l.order, c.cert.clone()));
             }
         }
-        for (l, routes) in input.listeners.iter().zip(per_listener) {
+        for (index, (l, routes)) in input.listeners.iter().zip(per_listener).enumerate() {
             let listener = Listener {
                 name: l.name.clone(),
                 hostname: l.hostname.clone(),
                 port: l.port,
                 protocol: l.protocol,
                 order: l.order,
-                hosts: HostRoutes::build(l, &routes),
+                index,
+                precedence: l.precedence,
+                hosts: Arc::new(HostRoutes::build(l, &routes)),
             };
             binds.entry(l.bind.clone()).or_default().push(listener);
         }
         let binds = binds
             .into_iter()
             .map(|(key, ls)| {
-                let tls = crate::tls::SniCerts::build(certs.remove(&key).unwrap_or_default());
-                (key.clone(), Bind::new(key, ls, tls))
+                let tls = Arc::new(crate::tls::SniCerts::build(certs.remove(&key).unwrap_or_default()));
+                (key.clone(), Arc::new(Bind::new(key, ls, tls)))
             })
             .collect();
         let service_labels = input.services.iter().map(|s| Arc::from(s.to_string())).collect();
@@ -413,7 +427,7 @@ impl RouteTable {
 
     /// The bind for a socket key.
     pub fn bind(&self, key: &BindKey) -> Option<&Bind> {
-        self.binds.get(key)
+        self.binds.get(key).map(|b| &**b)
     }
 
     /// Every socket this table wants.
@@ -535,7 +549,7 @@ impl RouteTable {
 // === impl Bind ===
 
 impl Bind {
-    fn new(key: BindKey, mut listeners: Vec<Listener>, tls: crate::tls::SniCerts) -> Self {
+    fn new(key: BindKey, mut listeners: Vec<Listener>, tls: Arc<crate::tls::SniCerts>) -> Self {
         listeners.sort_by(|a, b| b.hostname.specificity().cmp(&a.hostname.specificity()).then(a.order.cmp(&b.order)));
         let mut exact = HashMap::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -617,67 +631,47 @@ impl Listener {
 
 impl HostRoutes {
     fn build(listener: &ListenerInput, routes: &[&RouteInput]) -> Self {
-        let mut by_host: BTreeMap<HostKey, Vec<Arc<Candidate>>> = BTreeMap::new();
+        // Groups in host text order (the key is formatted once per host).
+        let mut by_host: BTreeMap<String, (HostPattern, Vec<Arc<Candidate>>)> = BTreeMap::new();
         for r in routes {
-            let candidates: Vec<Arc<Candidate>> = r
-                .rules
-                .iter()
-                .flat_map(|rule| {
-                    rule.matches.iter().enumerate().map(|(mi, m)| {
-                        Arc::new(Candidate {
-                            path_len: match &m.path {
-                                PathMatch::Exact(p) => p.len(),
-                                PathMatch::Prefix(p) => p.len().max(1),
-                                PathMatch::Regex(re) => re.as_str().len(),
-                            },
-                            path: m.path.clone(),
-                            conditions: m.conditions.clone(),
-                            rule: rule.rule.clone(),
-                            created: r.created,
-                            fallback: r.fallback,
-                            match_index: mi,
-                        })
-                    })
-                })
-                .collect();
-            let hosts: Vec<HostPattern> =
-                if r.hostnames.is_empty() { vec![listener.hostname.clone()] } else { r.hostnames.clone() };
+            let candidates = Candidate::of_route(r);
+            let hosts: &[HostPattern] =
+                if r.hostnames.is_empty() { std::slice::from_ref(&listener.hostname) } else { &r.hostnames };
             for h in hosts {
-                by_host.entry(HostKey(h)).or_default().extend(candidates.iter().cloned());
+                by_host
+                    .entry(h.to_string())
+                    .or_insert_with(|| (h.clone(), Vec::new()))
+                    .1
+                    .extend(candidates.iter().cloned());
             }
         }
-        let mut out = Self::default();
+        let groups = by_host
+            .into_iter()
+            .map(|(key, (host, mut cands))| {
+                cands.sort_by(|a, b| Candidate::precedence(listener.precedence, a, b));
+                Arc::new(PathRouter::build(host, key.into(), cands))
+            })
+            .collect();
+        Self::index(groups)
+    }
+
+    /// The host indexes over `groups` (in key order).
+    fn index(groups: Vec<Arc<PathRouter>>) -> Self {
+        let mut out = Self { exact: HashMap::with_capacity(groups.len()), ..Self::default() };
         let mut wildcards = Vec::new();
-        for (HostKey(host), mut cands) in by_host {
-            cands.sort_by(|a, b| Candidate::precedence(listener.precedence, a, b));
-            let gi = out.groups.len();
-            match &host {
-                HostPattern::Exact(h) => {
-                    out.exact.insert(h.clone(), gi);
+        for (gi, g) in groups.iter().enumerate() {
+            match &g.host {
+                HostPattern::Exact(_) => {
+                    out.exact.insert(g.key.clone(), gi);
                 }
-                HostPattern::Wildcard { .. } => wildcards.push((host.clone(), gi)),
+                HostPattern::Wildcard { .. } => wildcards.push((g.host.clone(), gi)),
                 HostPattern::Any => out.any = Some(gi),
             }
-            out.groups.push(PathRouter::build(host, cands));
         }
         wildcards.sort_by_key(|(h, _)| Reverse(h.specificity()));
         out.wildcards = wildcards;
+        out.groups = groups;
         out
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct HostKey(HostPattern);
-
-impl Ord for HostKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.to_string().cmp(&other.0.to_string())
-    }
-}
-
-impl PartialOrd for HostKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
     }
 }
 
@@ -692,9 +686,9 @@ enum Node {
 }
 
 impl PathRouter {
-    fn build(host: HostPattern, all: Vec<Arc<Candidate>>) -> Self {
+    fn build(host: HostPattern, key: Arc<str>, all: Vec<Arc<Candidate>>) -> Self {
         if all.iter().all(|c| matches!(&c.path, PathMatch::Prefix(p) if p.is_empty())) {
-            return Self { host, router: None, nodes: Vec::new(), fallback: Box::default(), all };
+            return Self { host, key, router: None, nodes: Vec::new(), fallback: Box::default(), all };
         }
         let mut keys = std::collections::BTreeSet::new();
         for c in &all {
@@ -712,10 +706,52 @@ impl PathRouter {
                 PathMatch::Regex(_) => {}
             }
         }
+        // Candidates by path value, so each node finds its list from its own
+        // path's element prefixes instead of testing every candidate (a host
+        // with thousands of paths would otherwise cost nodes × candidates).
+        let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut prefix: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut regex = Vec::new();
+        for (i, c) in all.iter().enumerate() {
+            match &c.path {
+                PathMatch::Exact(p) => exact.entry(p.as_str()).or_default().push(i),
+                PathMatch::Prefix(p) => prefix.entry(p.as_str()).or_default().push(i),
+                PathMatch::Regex(_) => regex.push(i),
+            }
+        }
         let mut router = matchit::Router::new();
         let mut nodes = Vec::with_capacity(keys.len());
+        let mut picked: Vec<usize> = Vec::new();
         for node in keys {
-            let list: Box<[Arc<Candidate>]> = all.iter().filter(|c| c.applies_to(&node)).cloned().collect();
+            picked.clear();
+            picked.extend_from_slice(&regex);
+            let path = match &node {
+                Node::Static(s) => {
+                    picked.extend(exact.get(s.as_str()).into_iter().flatten());
+                    s
+                }
+                Node::CatchAll(base) => {
+                    picked.extend(prefix.get("").into_iter().flatten());
+                    base
+                }
+            };
+            // The prefixes `p` with `prefix_matches(p, path)`: `path` cut at
+            // its end or before any `/`.
+            let cuts = path.match_indices('/').map(|(i, _)| i).chain(std::iter::once(path.len()));
+            for cut in cuts {
+                picked.extend(path.get(..cut).and_then(|p| prefix.get(p)).into_iter().flatten());
+            }
+            // `all` is in precedence order: keep it.
+            picked.sort_unstable();
+            picked.dedup();
+            let list: Box<[Arc<Candidate>]> = picked.iter().filter_map(|&i| all.get(i)).cloned().collect();
+            // Model tests check the lists against the definition.
+            #[cfg(test)]
+            assert!(
+                list.iter()
+                    .map(|c| &**c as *const Candidate)
+                    .eq(all.iter().filter(|c| c.applies_to(&node)).map(|c| &**c as *const Candidate))
+            );
             let route = match &node {
                 Node::Static(s) => escape(s),
                 Node::CatchAll(p) => format!("{}/{{*rest}}", escape(p)),
@@ -734,7 +770,7 @@ impl PathRouter {
             })
             .cloned()
             .collect();
-        Self { host, router: Some(router), nodes, fallback, all }
+        Self { host, key, router: Some(router), nodes, fallback, all }
     }
 
     fn lookup(&self, req: &RequestParts<'_>) -> Option<&Arc<Candidate>> {
@@ -759,8 +795,34 @@ fn escape(s: &str) -> String {
 // === impl Candidate ===
 
 impl Candidate {
-    /// Whether this candidate belongs in the list of `node`. Regex
+    /// The candidates of a route: one per match of each rule.
+    fn of_route(r: &RouteInput) -> Vec<Arc<Self>> {
+        r.rules
+            .iter()
+            .flat_map(|rule| {
+                rule.matches.iter().enumerate().map(|(mi, m)| {
+                    Arc::new(Self {
+                        path_len: match &m.path {
+                            PathMatch::Exact(p) => p.len(),
+                            PathMatch::Prefix(p) => p.len().max(1),
+                            PathMatch::Regex(re) => re.as_str().len(),
+                        },
+                        path: m.path.clone(),
+                        conditions: m.conditions.clone(),
+                        rule: rule.rule.clone(),
+                        created: r.created,
+                        fallback: r.fallback,
+                        match_index: mi,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Whether this candidate belongs in the list of `node` (the definition
+    /// `PathRouter::build`'s indexed selection is tested against). Regex
     /// candidates belong everywhere and are checked per request.
+    #[cfg(test)]
     fn applies_to(&self, node: &Node) -> bool {
         match (&self.path, node) {
             (PathMatch::Regex(_), _) => true,
@@ -925,6 +987,10 @@ fn decode(s: &str) -> Cow<'_, str> {
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
+
+mod incremental;
+
+pub use incremental::TableUpdate;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ mod echo;
 mod kube;
 mod purge;
 mod ratelimit;
+mod reclaim;
 mod run;
 mod telemetry;
 

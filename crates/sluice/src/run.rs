@@ -16,11 +16,13 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Re
 use sluice_controller::report::Severity;
 use sluice_controller::source::file::{self, FileEvent};
 use sluice_controller::{Objects, Report, endpoints, translate};
-use sluice_model::{BindKey, RouteTable, Snapshot};
+use sluice_model::{BindKey, Endpoints, RouteTable, Snapshot};
 use sluice_proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig, Telemetry};
 use tokio::sync::mpsc;
 
 use crate::admin::{AdminState, LastApply};
+
+mod incremental;
 use crate::check::TranslateArgs;
 use crate::telemetry::{TraceArgs, Tracing};
 
@@ -132,6 +134,10 @@ pub(crate) struct Controller {
     pub(crate) strict: bool,
     limits: sluice_proxy::RateLimits,
     ratelimit: crate::ratelimit::RateLimitArgs,
+    /// State for HTTPRoute-only changes, which skip the full translation.
+    incremental: sluice_controller::Incremental,
+    /// Frees replaced tables and objects off the reload path.
+    reclaim: crate::reclaim::Reclaim,
 }
 
 /// Control-plane metrics, registered beside the proxy's.
@@ -261,42 +267,90 @@ impl Controller {
             self.swap_endpoints(objects.endpoint_slices, since);
             return Ok(false);
         }
-        let t = translate(&objects, &self.options);
-        report.statuses.extend(t.report.statuses);
-        report.diagnostics.extend(t.report.diagnostics);
-        if self.strict && report.has_errors() {
-            return Err(report);
-        }
-        log_report(&report);
-        crate::ratelimit::bind(&self.limits, &t.rate_limits);
-        let report = report.clone();
         let generation = self.generation + 1;
-        let table = RouteTable::compile(t.input, generation);
-        let eps = endpoints::build(table.services(), &objects);
+        // A few HTTPRoutes changed: translate those only, rebuild only their
+        // host groups. An invalid change takes the full path below, which
+        // builds the complete error report.
+        let prepared = (self.generation > 0)
+            .then(|| self.incremental.prepare(&self.objects, &objects, &self.options))
+            .flatten()
+            .filter(|p| !(self.strict && p.has_errors()));
+        let incremental = prepared.is_some();
+        let (table, eps, report) = match prepared {
+            Some(p) => {
+                let (table, eps) = self.commit_incremental(p, Some(&objects), generation);
+                // `publish` adds the translation's part after the swap.
+                (table, eps, report)
+            }
+            None => {
+                let t = translate(&objects, &self.options);
+                report.statuses.extend(t.report.statuses.iter().cloned());
+                report.diagnostics.extend(t.report.diagnostics.iter().cloned());
+                if self.strict && report.has_errors() {
+                    return Err(report);
+                }
+                log_report(&report);
+                crate::ratelimit::bind(&self.limits, &t.rate_limits);
+                let table = RouteTable::compile(t.input, generation);
+                self.incremental.reset(&table, &t.report, &objects, !t.rate_limits.is_empty());
+                self.reclaim.drop_later(t.report);
+                let eps = Arc::new(endpoints::build(table.services(), &objects));
+                (table, eps, report)
+            }
+        };
+        self.reclaim.drop_later(std::mem::replace(&mut self.objects, objects));
+        self.publish(table, eps, report, incremental, since, started);
+        Ok(true)
+    }
+
+    /// Swaps in a new table (generation `self.generation + 1`), then
+    /// records the apply. `incremental`: only changed routes were compiled,
+    /// and `report` holds only the source's diagnostics: the translation's
+    /// ([`sluice_controller::Incremental::report`]) are added after the swap,
+    /// off the propagation path.
+    fn publish(
+        &mut self,
+        table: RouteTable,
+        eps: Arc<Endpoints>,
+        mut report: Report,
+        incremental: bool,
+        since: Instant,
+        started: Instant,
+    ) {
+        let generation = table.generation;
+        let table = Arc::new(table);
+        let old = self.snapshot.swap(Arc::new(Snapshot { routes: table.clone(), endpoints: eps }));
+        let swap_us = started.elapsed().as_micros() as u64;
+        self.reclaim.drop_later(old);
+        self.generation = generation;
+        if incremental {
+            report.statuses.extend(self.incremental.report().statuses.iter().cloned());
+            report.diagnostics.extend(self.incremental.report().diagnostics.iter().cloned());
+            log_report(&report);
+        }
         let candidates = table.candidate_count();
         let backends = table.services().len();
-        self.snapshot.store(Arc::new(Snapshot { routes: Arc::new(table), endpoints: Arc::new(eps) }));
-        self.objects = objects;
-        self.generation = generation;
         let m = &self.metrics;
         m.apply_seconds.observe(since.elapsed().as_secs_f64());
         m.applies.inc();
         m.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         m.candidates.set(i64::try_from(candidates).unwrap_or(i64::MAX));
         m.backends.set(i64::try_from(backends).unwrap_or(i64::MAX));
-        self.admin.last.store(Arc::new(LastApply {
+        let last = self.admin.last.swap(Arc::new(LastApply {
             applied_at: Some(SystemTime::now()),
             generation,
             rejected: false,
             report,
         }));
+        self.reclaim.drop_later(last);
         tracing::info!(
             generation,
             candidates,
+            incremental,
+            swap_us,
             elapsed_us = started.elapsed().as_micros() as u64,
             "Route table applied"
         );
-        Ok(true)
     }
 }
 
@@ -406,6 +460,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         strict: args.config.is_some(),
         limits,
         ratelimit: args.ratelimit.clone(),
+        incremental: sluice_controller::Incremental::default(),
+        reclaim: crate::reclaim::Reclaim::start(),
     };
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
     let code = match args.config.clone() {
@@ -490,6 +546,8 @@ async fn run_files(
     // been quiet for QUIET.
     let mut writing: HashSet<PathBuf> = HashSet::new();
     let mut dirty_since: Option<Instant> = None;
+    // Whether the served table was built from the source's last load.
+    let mut in_sync = true;
 
     loop {
         tokio::select! {
@@ -514,8 +572,23 @@ async fn run_files(
                 }
                 writing.clear();
                 let since = dirty_since.take().unwrap_or_else(Instant::now);
-                let (objects, report) = source.load();
-                if let Err(report) = controller.apply(objects, report, since).await {
+                // While the served table is the last load's, only what changed
+                // is read; a change confined to HTTPRoute-only files is applied
+                // on its own.
+                let loaded = if in_sync { source.load_changes() } else { let (o, r) = source.load(); file::Loaded::Config(o, r) };
+                let result = match loaded {
+                    file::Loaded::Unchanged => Ok(false),
+                    file::Loaded::Routes { removed, added } => match controller.apply_routes(&removed, added, since) {
+                        Some(result) => result,
+                        None => {
+                            let (objects, report) = source.load();
+                            controller.apply(objects, report, since).await
+                        }
+                    },
+                    file::Loaded::Config(objects, report) => controller.apply(objects, report, since).await,
+                };
+                in_sync = result.is_ok();
+                if let Err(report) = result {
                     log_report(&report);
                     tracing::error!(generation = controller.generation, "Invalid config change ignored; the last good table keeps serving");
                 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+pub use gateway_api::httproutes::HttpRoute;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::objects::Objects;
@@ -36,6 +37,24 @@ struct Parsed {
     report: Report,
 }
 
+/// What [`FileSource::load_changes`] found.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per reload, moved once
+pub enum Loaded {
+    /// No file changed.
+    Unchanged,
+    /// Only HTTPRoutes changed, in files holding nothing else.
+    Routes {
+        /// `(namespace, name)` of the routes in the previous version of the
+        /// changed files (each left or changed).
+        removed: Vec<(String, String)>,
+        /// The routes in the new version of the changed files.
+        added: Vec<std::sync::Arc<HttpRoute>>,
+    },
+    /// The whole config (as [`FileSource::load`]).
+    Config(Objects, Report),
+}
+
 impl FileSource {
     /// A source for `path` with an empty cache.
     pub fn new(path: &Path) -> Self {
@@ -45,6 +64,58 @@ impl FileSource {
     /// The configured path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What changed since the previous [`FileSource::load`] or
+    /// [`FileSource::load_changes`]: when every file that changed (was
+    /// written, created or removed) held only HTTPRoutes before and after
+    /// and parses cleanly, just those routes ([`Loaded::Routes`]), without
+    /// copying the rest of the config; otherwise the whole config, as
+    /// [`FileSource::load`] returns it.
+    pub fn load_changes(&mut self) -> Loaded {
+        let Ok(files) = manifest_files(&self.path) else { return self.full() };
+        let mut next: HashMap<PathBuf, Parsed> = HashMap::with_capacity(files.len());
+        let mut old: Vec<Parsed> = Vec::new();
+        let mut fresh: Vec<PathBuf> = Vec::new();
+        for f in files {
+            let Ok(text) = std::fs::read_to_string(&f) else { return self.full() };
+            let hash = hash(&text);
+            let parsed = match self.cache.remove(&f) {
+                Some(p) if p.hash == hash => p,
+                previous => {
+                    old.extend(previous);
+                    fresh.push(f.clone());
+                    parse(&f, &text, hash)
+                }
+            };
+            next.insert(f, parsed);
+        }
+        // Files that disappeared.
+        old.extend(std::mem::take(&mut self.cache).into_values());
+        let new: Vec<&Parsed> = fresh.iter().filter_map(|f| next.get(f)).collect();
+        let routes_only =
+            |p: &Parsed| p.objects.len() == p.objects.http_routes.len() && p.report.diagnostics.is_empty();
+        let loaded = if old.is_empty() && new.is_empty() {
+            Some(Loaded::Unchanged)
+        } else if old.iter().all(routes_only)
+            && new.iter().all(|p| routes_only(p))
+            // An empty config is refused by `load`.
+            && next.values().any(|p| !p.objects.is_empty())
+        {
+            Some(Loaded::Routes {
+                removed: old.iter().flat_map(|p| &p.objects.http_routes).map(|r| key(r)).collect(),
+                added: new.iter().flat_map(|p| p.objects.http_routes.iter().cloned()).collect(),
+            })
+        } else {
+            None
+        };
+        self.cache = next;
+        loaded.unwrap_or_else(|| self.full())
+    }
+
+    fn full(&mut self) -> Loaded {
+        let (objects, report) = self.load();
+        Loaded::Config(objects, report)
     }
 
     /// Reads the config; see [`load`].
@@ -77,19 +148,10 @@ impl FileSource {
                     continue;
                 }
             };
-            let hash = {
-                let mut h = std::hash::DefaultHasher::new();
-                text.hash(&mut h);
-                h.finish()
-            };
+            let hash = hash(&text);
             let parsed = match self.cache.remove(&f) {
                 Some(p) if p.hash == hash => p,
-                _ => {
-                    let mut o = Objects::default();
-                    let mut r = Report::default();
-                    o.add_yaml(&text, &f.display().to_string(), &mut r);
-                    Parsed { hash, objects: o, report: r }
-                }
+                _ => parse(&f, &text, hash),
             };
             objects.extend_from(&parsed.objects);
             report.diagnostics.extend(parsed.report.diagnostics.iter().cloned());
@@ -109,6 +171,23 @@ impl FileSource {
         }
         (objects, report)
     }
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn parse(f: &Path, text: &str, hash: u64) -> Parsed {
+    let mut objects = Objects::default();
+    let mut report = Report::default();
+    objects.add_yaml(text, &f.display().to_string(), &mut report);
+    Parsed { hash, objects, report }
+}
+
+fn key(r: &HttpRoute) -> (String, String) {
+    (crate::objects::namespace(&r.metadata).to_string(), crate::objects::name(&r.metadata).to_string())
 }
 
 fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -283,6 +362,48 @@ mod tests {
         std::fs::write(dir.join("c.yaml"), svc("c"))?;
         let (third, report) = source.load();
         assert!(!report.has_errors() && third.services.len() == 2);
+        std::fs::remove_dir_all(&dir)
+    }
+
+    #[test]
+    fn route_only_file_changes_come_as_routes() -> std::io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("sluice-file-changes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let route = |n: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {n}, namespace: ns}}\nspec: {{}}\n"
+            )
+        };
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
+        std::fs::write(dir.join("a.yaml"), svc)?;
+        std::fs::write(dir.join("b.yaml"), route("r1"))?;
+        let mut source = FileSource::new(&dir);
+        assert!(!source.load().1.has_errors());
+        assert!(matches!(source.load_changes(), Loaded::Unchanged));
+        // A routes-only file changes: the old route leaves, the new comes.
+        std::fs::write(dir.join("b.yaml"), format!("{}---\n{}", route("r2"), route("r3")))?;
+        match source.load_changes() {
+            Loaded::Routes { removed, added } => {
+                assert_eq!(removed, vec![("ns".to_string(), "r1".to_string())]);
+                let names: Vec<_> = added.iter().filter_map(|r| r.metadata.name.clone()).collect();
+                assert_eq!(names, vec!["r2", "r3"]);
+            }
+            other => panic!("expected routes, got {other:?}"),
+        }
+        // A file with another kind in it, or a file that no longer parses:
+        // the whole config.
+        std::fs::write(dir.join("b.yaml"), format!("{}---\n{svc}", route("r2")))?;
+        assert!(matches!(source.load_changes(), Loaded::Config(o, _) if o.services.len() == 2));
+        std::fs::write(dir.join("b.yaml"), "kind: [")?;
+        assert!(matches!(source.load_changes(), Loaded::Config(_, r) if r.has_errors()));
+        // A removed routes-only file: its routes leave.
+        std::fs::write(dir.join("b.yaml"), route("r4"))?;
+        assert!(matches!(source.load_changes(), Loaded::Config(..)), "the previous version did not parse");
+        std::fs::remove_file(dir.join("b.yaml"))?;
+        assert!(
+            matches!(source.load_changes(), Loaded::Routes { removed, added } if removed.len() == 1 && added.is_empty())
+        );
         std::fs::remove_dir_all(&dir)
     }
 

@@ -32,14 +32,14 @@ use crate::report::{Condition, ObjectStatus, Report, Scope, Severity};
 const GROUP: &str = "gateway.networking.k8s.io";
 
 /// Translation state of one Gateway listener.
-struct ListenerState<'a> {
-    gateway: &'a Gateway,
-    spec: &'a GatewayListeners,
+pub(super) struct ListenerState<'a> {
+    pub(super) gateway: &'a Gateway,
+    pub(super) spec: &'a GatewayListeners,
     /// Index in `TableInput::listeners` when accepted.
     index: Option<usize>,
     hostname: HostPattern,
     supports_http_route: bool,
-    attached: u32,
+    pub(super) attached: u32,
     conditions: Vec<Condition>,
     supported_kinds: Vec<String>,
 }
@@ -59,36 +59,7 @@ pub(super) fn translate(
     services: &mut Services<'_>,
     report: &mut Report,
 ) {
-    let mut classes = BTreeSet::new();
-    for gc in &objects.gateway_classes {
-        if gc.spec.controller_name != options.gateway_controller {
-            continue;
-        }
-        let n = name(&gc.metadata).to_string();
-        report.statuses.push(ObjectStatus {
-            kind: "GatewayClass",
-            namespace: String::new(),
-            name: n.clone(),
-            scope: Scope::Object,
-            conditions: vec![Condition::new(
-                "Accepted",
-                true,
-                "Accepted",
-                "handled by Sluice",
-                generation(&gc.metadata),
-            )],
-        });
-        classes.insert(n);
-    }
-
-    let mut gateways: Vec<&Gateway> =
-        objects.gateways.iter().filter(|g| classes.contains(&g.spec.gateway_class_name)).collect();
-    gateways.sort_by_key(|a| order_key(&a.metadata));
-
-    let mut listeners: Vec<ListenerState<'_>> = Vec::new();
-    for gw in &gateways {
-        listeners.extend(gateway_listeners(gw, options, objects, input, report));
-    }
+    let (gateways, mut listeners) = listener_states(objects, options, input, report);
 
     let mut routes: Vec<&HttpRoute> = objects.http_routes.iter().map(|r| &**r).collect();
     routes.sort_by_key(|a| order_key(&a.metadata));
@@ -139,7 +110,48 @@ pub(super) fn translate(
     }
 }
 
-fn order_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (i64, String, String) {
+/// Accepted GatewayClasses (their status pushed), their Gateways oldest
+/// first, and those Gateways' listeners (added to `input` when programmed).
+pub(super) fn listener_states<'a>(
+    objects: &'a Objects,
+    options: &Options,
+    input: &mut TableInput,
+    report: &mut Report,
+) -> (Vec<&'a Gateway>, Vec<ListenerState<'a>>) {
+    let mut classes = BTreeSet::new();
+    for gc in &objects.gateway_classes {
+        if gc.spec.controller_name != options.gateway_controller {
+            continue;
+        }
+        let n = name(&gc.metadata).to_string();
+        report.statuses.push(ObjectStatus {
+            kind: "GatewayClass",
+            namespace: String::new(),
+            name: n.clone(),
+            scope: Scope::Object,
+            conditions: vec![Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "handled by Sluice",
+                generation(&gc.metadata),
+            )],
+        });
+        classes.insert(n);
+    }
+
+    let mut gateways: Vec<&Gateway> =
+        objects.gateways.iter().filter(|g| classes.contains(&g.spec.gateway_class_name)).collect();
+    gateways.sort_by_key(|a| order_key(&a.metadata));
+
+    let mut listeners: Vec<ListenerState<'_>> = Vec::new();
+    for gw in &gateways {
+        listeners.extend(gateway_listeners(gw, options, objects, input, report));
+    }
+    (gateways, listeners)
+}
+
+pub(super) fn order_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (i64, String, String) {
     (created(meta), namespace(meta).to_string(), name(meta).to_string())
 }
 
@@ -345,7 +357,7 @@ fn allows_namespace(l: &ListenerState<'_>, route_ns: &str, objects: &Objects) ->
     }
 }
 
-fn attach_route(
+pub(super) fn attach_route(
     route: &HttpRoute,
     objects: &Objects,
     listeners: &mut [ListenerState<'_>],

@@ -398,3 +398,25 @@ fn catch_all_only_hosts_route_every_slash_path_without_a_radix_tree() {
         assert_eq!(route(&t, "GET", "b.example", target, &[]), None, "{target:?} (tree)");
     }
 }
+
+#[test]
+fn node_lists_follow_element_prefixes_for_odd_paths() -> Result<(), regex::Error> {
+    // Compiling asserts (in this crate's tests) that every node's list is
+    // exactly the candidates that apply to it; these paths stress the cuts.
+    let mut f = Fixture::new(vec![gw_listener("*.example.com")]);
+    let paths = ["/", "/a", "/a/b", "/a/b/c", "/ab", "/a//b", "/a/b/", "/x/{y}", "/%2F", "/a/bc", "nodash", "/a.b/c"];
+    let mut rules = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let backend = u32::try_from(i).unwrap_or(u32::MAX);
+        rules.push((vec![m(prefix(p))], backend));
+        rules.push((vec![m(exact(p))], backend + 100));
+    }
+    rules.push((vec![m(PathMatch::regex("/a/.*")?)], 999));
+    f.route(0, "odd", 0, &["www.example.com"], rules);
+    let t = f.table();
+    assert_eq!(route(&t, "GET", "www.example.com", "/a/b/c/d", &[]), Some(3));
+    assert_eq!(route(&t, "GET", "www.example.com", "/a/b", &[]), Some(102));
+    assert_eq!(route(&t, "GET", "www.example.com", "/a/bcd", &[]), Some(1));
+    assert_eq!(route(&t, "GET", "www.example.com", "/zzz", &[]), Some(0));
+    Ok(())
+}
