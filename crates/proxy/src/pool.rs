@@ -58,13 +58,13 @@ pub(crate) struct Pool {
     http2: http2::Builder<TokioExecutor>,
 }
 
-/// What a connection is for: endpoint, protocol and TLS settings.
+/// What a connection is for: endpoint and TLS settings (the protocol is
+/// the map it is in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
     addr: SocketAddr,
     /// Fingerprint of the BackendTLSPolicy settings; `None` for cleartext.
     tls: Option<u64>,
-    h2: bool,
 }
 
 /// A checked-out HTTP/1.1 connection; goes back to the pool through
@@ -133,7 +133,7 @@ impl Pool {
         tls: Option<&UpstreamTls>,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Reuse), SendError> {
-        let key = Key { addr, tls: tls.map(|t| t.fingerprint), h2: false };
+        let key = Key { addr, tls: tls.map(|t| t.fingerprint) };
         while let Some((mut tx, idle)) = checkout_http1(&key) {
             if !tx.is_ready() && !matches!(tokio::time::timeout(READY_GRACE, tx.ready()).await, Ok(Ok(()))) {
                 continue;
@@ -162,7 +162,7 @@ impl Pool {
         addr: SocketAddr,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let key = Key { addr, tls: None, h2: true };
+        let key = Key { addr, tls: None };
         let shared =
             IDLE.try_with(|idle| idle.borrow().h2.get(&key).filter(|tx| !tx.is_closed()).cloned()).ok().flatten();
         let mut tx = match shared {
@@ -387,10 +387,10 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}"));
         let b: SocketAddr = "127.0.0.1:8081".parse().unwrap_or_else(|e| panic!("{e}"));
         let keys = [
-            Key { addr: a, tls: None, h2: false },
-            Key { addr: b, tls: None, h2: false },
-            Key { addr: a, tls: Some(1), h2: false },
-            Key { addr: a, tls: None, h2: true },
+            Key { addr: a, tls: None },
+            Key { addr: b, tls: None },
+            Key { addr: a, tls: Some(1) },
+            Key { addr: a, tls: Some(2) },
         ];
         let hashes: std::collections::HashSet<u64> = keys.iter().map(|k| h.hash_one(k)).collect();
         assert_eq!(hashes.len(), keys.len());

@@ -437,15 +437,14 @@ impl State {
             // An Ingress that stopped being ours (class changed) and still
             // carries exactly our addresses: ours are cleared.
             let served: std::collections::BTreeSet<(String, String)> = served.into_iter().collect();
-            for ing in self.readers.all("Ingress") {
+            let ours = lb.as_array().is_some_and(|a| !a.is_empty());
+            for ing in self.readers.all("Ingress").into_iter().filter(|_| ours) {
                 let ns = ing.metadata.namespace.clone().unwrap_or_default();
                 let name = ing.metadata.name.clone().unwrap_or_default();
                 if served.contains(&(ns.clone(), name.clone())) {
                     continue;
                 }
-                if ing.data.pointer("/status/loadBalancer/ingress") == Some(&lb)
-                    && lb.as_array().is_some_and(|a| !a.is_empty())
-                {
+                if ing.data.pointer("/status/loadBalancer/ingress") == Some(&lb) {
                     out.push(Desired {
                         key: ("Ingress", Some(ns), name),
                         status: json!({"loadBalancer": {"ingress": []}}),
