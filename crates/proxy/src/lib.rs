@@ -36,6 +36,7 @@
 
 mod access_log;
 mod body;
+mod coalesce;
 mod config;
 mod error;
 mod filters;

@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument as _, debug, debug_span, info, warn};
 
+use crate::coalesce::Coalesce;
 use crate::idle::{self, Drain, Handoff};
 use crate::observe::ObservedBody;
 use crate::server::{self, ConnCtx, Shared};
@@ -214,12 +215,10 @@ async fn accept_loop(
                                     match idle::serve(ctx.clone(), stream, &drain).await {
                                         Handoff::Done => {}
                                         Handoff::H2(stream) => {
-                                            let io = TokioIo::new(stream);
-                                            Box::pin(serve_connection(ctx, io, &drain, Proto::H2)).await;
+                                            Box::pin(serve_connection(ctx, stream, &drain, Proto::H2)).await;
                                         }
                                         Handoff::Sniff(stream) => {
-                                            let io = TokioIo::new(stream);
-                                            Box::pin(serve_connection(ctx, io, &drain, Proto::Sniff)).await;
+                                            Box::pin(serve_connection(ctx, stream, &drain, Proto::Sniff)).await;
                                         }
                                     }
                                 }
@@ -228,8 +227,7 @@ async fn accept_loop(
                                         if let Some(accepted) = tls.accept(stream).await {
                                             ctx.sni = accepted.sni;
                                             let proto = Proto::from_alpn(accepted.stream.get_ref().1.alpn_protocol());
-                                            let io = TokioIo::new(accepted.stream);
-                                            serve_connection(Arc::new(ctx), io, &drain, proto).await;
+                                            serve_connection(Arc::new(ctx), accepted.stream, &drain, proto).await;
                                         }
                                     })
                                     .await;
@@ -301,7 +299,7 @@ impl Proto {
     }
 }
 
-async fn serve_connection<I>(ctx: Arc<ConnCtx>, io: TokioIo<I>, drain: &Drain, proto: Proto)
+async fn serve_connection<I>(ctx: Arc<ConnCtx>, io: I, drain: &Drain, proto: Proto)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -314,16 +312,18 @@ where
     let result = match proto {
         Proto::Sniff => {
             let svc = service_fn(move |req| serve_request(svc_ctx.clone(), req));
-            let conn = shared.server.serve_connection_with_upgrades(io, svc);
+            let conn = shared.server.serve_connection_with_upgrades(TokioIo::new(io), svc);
             idle::watch(conn, drain, |c| c.graceful_shutdown()).await
         }
         Proto::Http1 => {
             let svc = service_fn(move |req| serve_request(svc_ctx.clone(), req));
-            let conn = shared.http1.serve_connection_with_upgrades(io, svc);
+            let conn = shared.http1.serve_connection_with_upgrades(TokioIo::new(io), svc);
             idle::watch(conn, drain, |c| c.graceful_shutdown()).await
         }
         Proto::H2 => {
             let svc = service_fn(move |req| Box::pin(serve_request(svc_ctx.clone(), req)));
+            // Responses of streams that finish together leave in one write.
+            let io = TokioIo::new(Coalesce::new(io));
             let conn = shared.http2.serve_connection_with_upgrades(io, svc);
             idle::watch(conn, drain, |c| c.graceful_shutdown()).await
         }

@@ -41,6 +41,7 @@ use sluice_model::UpstreamTls;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, RequestBody};
+use crate::coalesce::Coalesce;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 use crate::upstream::Counted;
@@ -211,7 +212,9 @@ impl Pool {
     async fn connect_h2c(&self, addr: SocketAddr) -> Result<http2::SendRequest<RequestBody>, BoxError> {
         let tcp = self.tcp(addr).await?;
         self.open.inc();
-        let (tx, conn) = self.http2.handshake(Counted::new(TokioIo::new(tcp), self.open.clone())).await?;
+        // Requests of many streams share this connection: batch their frames.
+        let io = TokioIo::new(Coalesce::new(tcp));
+        let (tx, conn) = self.http2.handshake(Counted::new(io, self.open.clone())).await?;
         tokio::spawn(Driven { conn, watch: None });
         Ok(tx)
     }
