@@ -636,3 +636,88 @@ fn expired_certificates_are_reported_by_check() {
     assert!(out.contains("Secret default/old-tls expired at 2021-06-30T00:00:00Z"), "{out}");
     assert!(!out.contains("default/new-tls expire"), "{out}");
 }
+
+/// Sluice shares one socket per port across Gateways, and a socket speaks
+/// TLS or not for every listener on it. When two Gateways disagree about a
+/// port, the older one keeps it (age decides, not the name: the younger one
+/// here sorts first by name) and the younger one's listener is a protocol
+/// conflict, reported on it, instead of being "programmed" on a socket that
+/// would answer it with a TLS handshake.
+#[test]
+fn gateways_that_disagree_about_tls_on_a_shared_port_conflict() {
+    let test = "gateways_that_disagree_about_tls_on_a_shared_port_conflict";
+    if !require_curl(test) {
+        return;
+    }
+    let dir = TempDir::new("tls-port-conflict");
+    let logs = dir.subdir("logs");
+    let cfg_dir = dir.subdir("config");
+    let echo = Echo::start("app", "default", &logs);
+    let ca = TestCa::new(dir.path(), "conflict-ca");
+    let mut y = format!("{CLASS}---\n{}", local_service("app", echo.addr.port()));
+    y.push_str(&tls_secret_yaml("default", "edge-tls", &ca.leaf("edge", &["edge.example"])));
+    y.push_str(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: z-edge, namespace: default, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: edge-tls}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: a-plain, namespace: default, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: http, port: 443, protocol: HTTP}
+  - {name: other, port: 8080, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: edge-app, namespace: default}
+spec:
+  parentRefs: [{name: z-edge}, {name: a-plain}]
+  rules:
+  - backendRefs: [{name: app, port: 8080}]
+"#,
+    );
+    let path = cfg_dir.join("config.yaml");
+    std::fs::write(&path, y).expect("writing config");
+
+    let (code, out) = support::sluice_check(&path);
+    assert_eq!(code, 0, "a listener conflict is reported, not fatal:\n{out}");
+    let line = |prefix: &str| {
+        out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix:?}:\n{out}")).to_string()
+    };
+    let plain = line("Gateway default/a-plain listener http ");
+    for want in ["Accepted=False(ProtocolConflict)", "Conflicted=True(ProtocolConflict)", "Programmed=False"] {
+        assert!(plain.contains(want), "{want}: {plain}");
+    }
+    assert!(
+        out.contains("port 443 is served as HTTPS by the older Gateway default/z-edge"),
+        "the warning names the port and the Gateway holding it:\n{out}"
+    );
+    let other = line("Gateway default/a-plain listener other ");
+    assert!(other.contains("Accepted=True(Accepted)") && other.contains("Conflicted=False"), "{other}");
+    let edge = line("Gateway default/z-edge listener https ");
+    assert!(edge.contains("Accepted=True(Accepted)") && edge.contains("Programmed=True"), "{edge}");
+
+    let sluice = Sluice::start(&cfg_dir, &logs, &["--bind", "443=127.0.0.1:0", "--bind", "8080=127.0.0.1:0"]);
+    let tls_addr = sluice.addr_of("*", 443);
+    let r = curl_https(tls_addr, "edge.example", None, "/", &ca.pem_path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.pod().starts_with("app"), "{r:?}");
+    let plain_addr = sluice.addr_of("*", 8080);
+    let r = support::curl(plain_addr, &support::Req::get("/").host("any.example")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "the younger Gateway's other listener serves: {r:?}");
+    // The shared socket holds only the listener that owns it.
+    let (_, body) = sluice.admin_get("/config").expect("admin /config");
+    let table: serde_json::Value = serde_json::from_str(&body).expect("/config is JSON");
+    let bind = table["binds"].as_array().and_then(|b| b.iter().find(|b| b["port"] == 443)).expect("bind 443");
+    let names: Vec<&str> =
+        bind["listeners"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(names, ["default/z-edge/https"], "{bind}");
+}

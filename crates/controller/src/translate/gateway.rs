@@ -145,8 +145,9 @@ pub(super) fn listener_states<'a>(
     gateways.sort_by_key(|a| order_key(&a.metadata));
 
     let mut listeners: Vec<ListenerState<'_>> = Vec::new();
+    let mut sockets = BTreeMap::new();
     for gw in &gateways {
-        listeners.extend(gateway_listeners(gw, options, objects, input, report));
+        listeners.extend(gateway_listeners(gw, options, objects, &mut sockets, input, report));
     }
     (gateways, listeners)
 }
@@ -155,14 +156,23 @@ pub(super) fn order_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::O
     (created(meta), namespace(meta).to_string(), name(meta).to_string())
 }
 
+/// Who holds a shared socket: whether it speaks TLS, and the Gateway.
+type Sockets = BTreeMap<BindKey, (bool, String)>;
+
+/// The listeners of one Gateway. `sockets` carries the sockets claimed by
+/// the (older) Gateways before it: a socket speaks TLS or not for every
+/// listener on it, so a listener that disagrees with the Gateway holding its
+/// port is a protocol conflict, reported on the younger one.
 fn gateway_listeners<'a>(
     gw: &'a Gateway,
     options: &Options,
     objects: &Objects,
+    sockets: &mut Sockets,
     input: &mut TableInput,
     report: &mut Report,
 ) -> Vec<ListenerState<'a>> {
     let (gw_ns, gw_name, g) = (namespace(&gw.metadata), name(&gw.metadata), generation(&gw.metadata));
+    let gw_id = format!("{gw_ns}/{gw_name}");
     // Listeners sharing a port must agree on protocol and differ in hostname.
     let mut protocols: BTreeMap<i32, BTreeSet<&str>> = BTreeMap::new();
     let mut hostnames: BTreeMap<(i32, String), u32> = BTreeMap::new();
@@ -179,6 +189,20 @@ fn gateway_listeners<'a>(
             hostnames.get(&(l.port, l.hostname.clone().unwrap_or_default())).is_some_and(|&n| n > 1);
         let port = u16::try_from(l.port).ok().filter(|&p| p > 0);
         let https = l.protocol == "HTTPS";
+        let bind =
+            port.map(|port| BindKey { gateway: options.isolate_gateways.then(|| Arc::from(gw_id.as_str())), port });
+        let held_by = match bind.as_ref().and_then(|b| sockets.get(b)) {
+            Some((tls, owner))
+                if *tls != https && *owner != gw_id && matches!(l.protocol.as_str(), "HTTP" | "HTTPS") =>
+            {
+                Some(format!(
+                    "port {} is served as {} by the older Gateway {owner}; Gateways sharing a port must agree on TLS",
+                    l.port,
+                    if *tls { "HTTPS" } else { "HTTP" }
+                ))
+            }
+            _ => None,
+        };
         let passthrough =
             l.tls.as_ref().and_then(|t| t.mode.as_ref()).is_some_and(|m| !matches!(m, TlsMode::Terminate));
         let (certs, cert_problems, cert_warnings) = if https && !passthrough {
@@ -199,6 +223,9 @@ fn gateway_listeners<'a>(
             ("HTTP" | "HTTPS", _) if protocol_conflict => {
                 (false, "ProtocolConflict", "protocol conflicts with another listener on the port".into())
             }
+            ("HTTP" | "HTTPS", _) if held_by.is_some() => {
+                (false, "ProtocolConflict", held_by.clone().unwrap_or_default())
+            }
             ("HTTP" | "HTTPS", _) if hostname_conflict => {
                 (false, "HostnameConflict", "hostname conflicts with another listener on the port".into())
             }
@@ -208,16 +235,20 @@ fn gateway_listeners<'a>(
             ("HTTP" | "HTTPS", _) => (true, "Accepted", "listener accepted".into()),
             (p, _) => (false, "UnsupportedProtocol", format!("protocol {p} is not supported yet")),
         };
-        conditions.push(Condition::new("Accepted", accepted, reason, msg, g));
-        let conflict = match (protocol_conflict, hostname_conflict) {
+        conditions.push(Condition::new("Accepted", accepted, reason, msg.clone(), g));
+        let conflict = match (protocol_conflict || held_by.is_some(), hostname_conflict) {
             (true, _) => Some("ProtocolConflict"),
             (false, true) => Some("HostnameConflict"),
             _ => None,
         };
-        conditions.push(match conflict {
-            Some(r) => Condition::new("Conflicted", true, r, "listener conflicts with another listener", g),
-            None => Condition::new("Conflicted", false, "NoConflicts", "no conflicts", g),
+        conditions.push(match (conflict, &held_by) {
+            (Some(r), Some(why)) if !protocol_conflict => Condition::new("Conflicted", true, r, why.clone(), g),
+            (Some(r), _) => Condition::new("Conflicted", true, r, "listener conflicts with another listener", g),
+            (None, _) => Condition::new("Conflicted", false, "NoConflicts", "no conflicts", g),
         });
+        if let (true, Some(bind)) = (accepted, &bind) {
+            sockets.entry(bind.clone()).or_insert_with(|| (https, gw_id.clone()));
+        }
         conditions.push(if let (true, Some(first)) = (bad_kinds.is_empty(), cert_problems.first()) {
             let msg = cert_problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ");
             for p in &cert_problems {
@@ -255,13 +286,10 @@ fn gateway_listeners<'a>(
             g,
         ));
         let hostname = HostPattern::gateway(l.hostname.as_deref());
-        let index = match (programmed, port) {
-            (true, Some(port)) => {
+        let index = match (programmed, port, bind) {
+            (true, Some(port), Some(bind)) => {
                 input.listeners.push(ListenerInput {
-                    bind: BindKey {
-                        gateway: options.isolate_gateways.then(|| Arc::from(format!("{gw_ns}/{gw_name}"))),
-                        port,
-                    },
+                    bind,
                     name: format!("{gw_ns}/{gw_name}/{}", l.name).into(),
                     hostname: hostname.clone(),
                     port,
@@ -283,7 +311,7 @@ fn gateway_listeners<'a>(
                     if accepted {
                         format!("listener {} not programmed: no valid certificate", l.name)
                     } else {
-                        format!("listener {} not accepted: {reason}", l.name)
+                        format!("listener {} not accepted: {reason}: {msg}", l.name)
                     },
                 );
                 None

@@ -74,45 +74,88 @@ pub(super) fn translate(
     }
     ingresses
         .sort_by_key(|i| (created(&i.metadata), namespace(&i.metadata).to_string(), name(&i.metadata).to_string()));
-    let listener = input.listeners.len();
-    input.listeners.push(ListenerInput {
-        bind: BindKey { gateway: None, port: HTTP_PORT },
-        name: "ingress/http".into(),
-        hostname: HostPattern::Any,
-        port: HTTP_PORT,
-        protocol: Protocol::Http,
-        precedence: Precedence::Ingress,
-        // Gateway listeners with an equal hostname on a shared port win.
-        order: u32::MAX,
-    });
+    // A Gateway listener that already serves port 80 (443) over TLS (plain)
+    // owns that socket: the Ingress listener of the other kind stays off it
+    // and every Ingress says so, instead of answering garbage.
+    let owner = |input: &TableInput, port: u16, tls: bool| {
+        input
+            .listeners
+            .iter()
+            .find(|l| l.bind == BindKey { gateway: None, port } && (l.protocol == Protocol::Https) != tls)
+            .map(|l| l.name.to_string())
+    };
+    let mut listeners = Vec::new();
+    let plain = match owner(input, HTTP_PORT, false) {
+        Some(gw) => {
+            blocked(&ingresses, report, HTTP_PORT, "HTTP", &gw);
+            None
+        }
+        None => {
+            listeners.push(input.listeners.len());
+            input.listeners.push(ListenerInput {
+                bind: BindKey { gateway: None, port: HTTP_PORT },
+                name: "ingress/http".into(),
+                hostname: HostPattern::Any,
+                port: HTTP_PORT,
+                protocol: Protocol::Http,
+                precedence: Precedence::Ingress,
+                // Gateway listeners with an equal hostname on a shared port win.
+                order: u32::MAX,
+            });
+            listeners.first().copied()
+        }
+    };
     // `spec.tls`: one HTTPS listener on 443 serving every Ingress rule
     // (as ingress-nginx does), with the certificates chosen by SNI.
-    let certs = tls_certificates(&ingresses, objects, report);
-    let mut listeners = vec![listener];
+    let mut certs = tls_certificates(&ingresses, objects, report);
     if !certs.is_empty() {
-        let https = input.listeners.len();
-        input.listeners.push(ListenerInput {
-            bind: BindKey { gateway: None, port: HTTPS_PORT },
-            name: "ingress/https".into(),
-            hostname: HostPattern::Any,
-            port: HTTPS_PORT,
-            protocol: Protocol::Https,
-            precedence: Precedence::Ingress,
-            order: u32::MAX,
-        });
-        for (_, host, cert) in &certs {
-            input.certificates.push(sluice_model::CertInput {
-                listener: https,
-                host: host.clone(),
-                cert: cert.clone(),
+        if let Some(gw) = owner(input, HTTPS_PORT, true) {
+            blocked(&ingresses, report, HTTPS_PORT, "HTTPS", &gw);
+            // Nothing here serves their HTTPS: no redirects to it either
+            // (`force-ssl-redirect` still redirects: TLS ends in front).
+            certs.clear();
+        } else {
+            let https = input.listeners.len();
+            input.listeners.push(ListenerInput {
+                bind: BindKey { gateway: None, port: HTTPS_PORT },
+                name: "ingress/https".into(),
+                hostname: HostPattern::Any,
+                port: HTTPS_PORT,
+                protocol: Protocol::Https,
+                precedence: Precedence::Ingress,
+                order: u32::MAX,
             });
+            for (_, host, cert) in &certs {
+                input.certificates.push(sluice_model::CertInput {
+                    listener: https,
+                    host: host.clone(),
+                    cert: cert.clone(),
+                });
+            }
+            listeners.push(https);
         }
-        listeners.push(https);
     }
     for (i, ing) in ingresses.iter().enumerate() {
         let tls_hosts: Vec<&HostPattern> = certs.iter().filter(|c| c.0 == i).map(|c| &c.1).collect();
         let redirect = ssl_redirect(ing, &tls_hosts);
-        translate_one(ing, &listeners, &redirect, input, services, report);
+        translate_one(ing, &listeners, plain, &redirect, input, services, report);
+    }
+}
+
+/// Reports on every served Ingress that `port` is not served as `protocol`
+/// because the Gateway listener `owner` holds it with the other protocol.
+fn blocked(ingresses: &[&Ingress], report: &mut Report, port: u16, protocol: &str, owner: &str) {
+    let other = if protocol == "HTTP" { "HTTPS" } else { "HTTP" };
+    for ing in ingresses {
+        report.push(
+            Severity::Warning,
+            format!("Ingress {}/{}", namespace(&ing.metadata), name(&ing.metadata)),
+            "spec.rules",
+            format!(
+                "not served as {protocol} on port {port}: Gateway listener {owner} serves that port as {other} \
+                 (a socket speaks TLS or not, for every listener on it)"
+            ),
+        );
     }
 }
 
@@ -223,6 +266,7 @@ fn tls_certificates(
 fn translate_one(
     ing: &Ingress,
     listeners: &[usize],
+    plain: Option<usize>,
     redirect: &SslRedirect,
     input: &mut TableInput,
     services: &mut Services<'_>,
@@ -274,9 +318,8 @@ fn translate_one(
             SslRedirect::All => true,
             SslRedirect::Hosts(hosts) => hosts.contains(&host),
         };
-        for (li, &listener) in listeners.iter().enumerate() {
-            // The first listener is plain HTTP (port 80).
-            let rules = if li == 0 && redirected {
+        for &listener in listeners {
+            let rules = if Some(listener) == plain && redirected {
                 rules
                     .iter()
                     .map(|r| RuleInput { rule: redirect_rule(&route, r.rule.index), matches: r.matches.clone() })

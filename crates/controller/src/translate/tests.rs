@@ -254,3 +254,115 @@ spec:
     let c = t.report.condition("HTTPRoute", INFRA, "bad-regex", &parent("same-namespace"), "Accepted");
     assert_eq!(c.map(|c| (c.status, c.reason)), Some(("False", "UnsupportedValue")));
 }
+
+/// A Gateway listener that holds port 80 as HTTPS (or 443 as HTTP) keeps
+/// the shared socket: the Ingress listener of the other kind stays off it,
+/// each Ingress is told why, and no rule redirects to an HTTPS port that
+/// serves no Ingress.
+#[test]
+fn ingress_listeners_yield_to_gateway_listeners_holding_their_port_with_the_other_protocol() {
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let params = rcgen::CertificateParams::new(vec!["a.example.com".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+    // A JSON string is a YAML string: the PEM's newlines stay escaped.
+    let quoted = |s: String| serde_json::to_string(&s).unwrap_or_else(|e| panic!("{e}"));
+    let common = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: a-tls, namespace: default}}
+type: kubernetes.io/tls
+stringData: {{tls.crt: {}, tls.key: {}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: blue, namespace: default}}
+spec: {{ports: [{{name: http, port: 8080}}]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: sluice}}
+spec: {{controller: sluice.dev/ingress-controller}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: web, namespace: default}}
+spec:
+  ingressClassName: sluice
+  tls: [{{hosts: [a.example.com], secretName: a-tls}}]
+  rules: [{{host: a.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: blue, port: {{number: 8080}}}}}}}}]}}}}]
+"#,
+        quoted(cert.pem()),
+        quoted(key.serialize_pem())
+    );
+    let gateway = |listener: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners: [{listener}]\n"
+        )
+    };
+    let run = |gw: String| {
+        let mut objects = Objects::default();
+        let mut report = Report::default();
+        objects.add_yaml(&common, "common", &mut report);
+        objects.add_yaml(&gw, "gateway", &mut report);
+        assert!(!report.has_errors(), "{:?}", report.diagnostics);
+        let t = translate(&objects, &Options::default());
+        let table = RouteTable::compile(t.input.clone(), 1);
+        (t, table)
+    };
+    let listener_names = |table: &RouteTable, port: u16| -> Vec<String> {
+        table
+            .bind(&BindKey { gateway: None, port })
+            .map(|b| b.listeners().iter().map(|l| l.name.to_string()).collect())
+            .unwrap_or_default()
+    };
+    let warning = |t: &Translation, port: u16| {
+        t.report.diagnostics.iter().any(|d| {
+            d.object == "Ingress default/web"
+                && d.message.contains(&format!("on port {port}"))
+                && d.message.contains("Gateway listener default/edge/")
+        })
+    };
+    let get = |table: &RouteTable, port: u16| {
+        let headers = HeaderMap::new();
+        let req = RequestParts {
+            authority: "a.example.com",
+            path: "/",
+            query: None,
+            method: &Method::GET,
+            headers: &headers,
+        };
+        table.bind(&BindKey { gateway: None, port }).and_then(|b| b.lookup(&req).ok()).map(|m| {
+            let redirect = m.rule.filters.iter().any(|f| matches!(f, sluice_model::Filter::Redirect(_)));
+            (redirect, m.rule.backends.backends().len())
+        })
+    };
+
+    // Port 80 held as HTTPS by the Gateway: Ingress serves HTTPS on 443 only.
+    let (t, table) = run(gateway("{name: tls80, port: 80, protocol: HTTPS, tls: {certificateRefs: [{name: a-tls}]}}"));
+    assert_eq!(listener_names(&table, 80), ["default/edge/tls80"]);
+    assert_eq!(listener_names(&table, 443), ["ingress/https"]);
+    assert!(warning(&t, 80), "{:#?}", t.report.diagnostics);
+    assert!(!warning(&t, 443), "{:#?}", t.report.diagnostics);
+    assert_eq!(get(&table, 443), Some((false, 1)), "HTTPS forwards to the backend");
+
+    // Port 443 held as plain HTTP: Ingress serves HTTP on 80, without the
+    // ssl-redirect its `spec.tls` would ask for (nothing serves its HTTPS).
+    let (t, table) = run(gateway("{name: plain443, port: 443, protocol: HTTP}"));
+    assert_eq!(listener_names(&table, 443), ["default/edge/plain443"]);
+    assert_eq!(listener_names(&table, 80), ["ingress/http"]);
+    assert!(warning(&t, 443), "{:#?}", t.report.diagnostics);
+    assert_eq!(get(&table, 80), Some((false, 1)), "plain HTTP forwards, no redirect");
+
+    // No conflict: both Ingress listeners, HTTP redirects to HTTPS.
+    let (t, table) = run(gateway("{name: other, port: 8080, protocol: HTTP}"));
+    assert_eq!(listener_names(&table, 80), ["ingress/http"]);
+    assert_eq!(listener_names(&table, 443), ["ingress/https"]);
+    assert!(!warning(&t, 80) && !warning(&t, 443));
+    assert_eq!(get(&table, 80), Some((true, 0)), "ssl-redirect");
+}
