@@ -379,7 +379,12 @@ impl RouteTable {
         let mut certs: BTreeMap<BindKey, Vec<_>> = BTreeMap::new();
         for c in &input.certificates {
             if let Some(l) = input.listeners.get(c.listener).filter(|l| l.protocol == Protocol::Https) {
-                certs.entry(l.bind.clone()).or_default().push((c.host.clone(), l.order, c.cert.clone()));
+                certs.entry(l.bind.clone()).or_default().push((
+                    c.host.clone(),
+                    l.order,
+                    c.cert.clone(),
+                    c.names.clone(),
+                ));
             }
         }
         for (index, (l, routes)) in input.listeners.iter().zip(per_listener).enumerate() {

@@ -173,7 +173,7 @@ impl ResolvesServerCert for SniResolver {
         let snapshot = self.snapshot.load();
         let bind = snapshot.routes.bind(&self.key)?;
         let sni = hello.server_name().map(normalize_host);
-        bind.certificates().resolve(sni.as_deref()).cloned()
+        bind.certificates().resolve(sni.as_deref(), hello.signature_schemes()).cloned()
     }
 }
 

@@ -721,3 +721,76 @@ spec:
         bind["listeners"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str()).collect();
     assert_eq!(names, ["default/z-edge/https"], "{bind}");
 }
+
+/// A listener with several certificateRefs serves, per handshake, the one
+/// whose names match the SNI (not just the first), and of an ECDSA and an
+/// RSA certificate for the same names, the one the client can verify:
+/// checked with openssl s_client (which certificate, which key type), and
+/// curl verifying each name against the CA.
+#[test]
+fn several_certificates_on_one_listener_are_chosen_by_name_and_key_type() {
+    let test = "several_certificates_on_one_listener_are_chosen_by_name_and_key_type";
+    if !require_curl(test) || !require_tool("openssl", test) {
+        return;
+    }
+    let env = start("tls-multi-cert", |ca| {
+        let mut y = String::new();
+        y.push_str(&tls_secret_yaml("default", "a-tls", &ca.leaf("a", &["a.example.com"])));
+        y.push_str(&tls_secret_yaml("default", "b-tls", &ca.leaf("b", &["b.example.com", "*.b.example.com"])));
+        y.push_str(&tls_secret_yaml("default", "c-ecdsa", &ca.leaf("c-ecdsa", &["c.example.com"])));
+        y.push_str(&tls_secret_yaml("default", "c-rsa", &ca.leaf_rsa("c-rsa", &["c.example.com"])));
+        y.push_str(
+            r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: multi, namespace: default}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    tls:
+      certificateRefs: [{name: a-tls}, {name: b-tls}, {name: c-ecdsa}, {name: c-rsa}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: multi-app, namespace: default}
+spec:
+  parentRefs: [{name: multi}]
+  rules:
+  - backendRefs: [{name: app, port: 8080}]
+"#,
+        );
+        vec![("multi.yaml", y)]
+    });
+    let addr = env.sluice.addr_of("default/multi", 443);
+    let ca = &env.ca.pem_path;
+    for (sni, cn) in [
+        (Some("a.example.com"), "a"),
+        (Some("b.example.com"), "b"),
+        (Some("x.b.example.com"), "b"),
+        (Some("c.example.com"), "c-ecdsa"),
+        (Some("unknown.test"), "a"),
+        (None, "a"),
+    ] {
+        let h = s_client(addr, sni, ca, None);
+        assert!(h.ok, "SNI {sni:?}:\n{}", h.output);
+        assert_eq!(subject_cn(&h), cn, "SNI {sni:?}: {}", h.subject);
+    }
+    // A client that accepts only RSA signatures (TLS 1.3 and 1.2) gets the
+    // RSA certificate, one that accepts only ECDSA the ECDSA one.
+    for (version, sigalgs, cn) in [
+        ("-tls1_3", "rsa_pss_rsae_sha256", "c-rsa"),
+        ("-tls1_2", "RSA+SHA256", "c-rsa"),
+        ("-tls1_3", "ECDSA+SHA256", "c-ecdsa"),
+    ] {
+        let h = s_client_with(addr, Some("c.example.com"), ca, None, &[version, "-sigalgs", sigalgs]);
+        assert!(h.ok && h.verify.contains("0 (ok)"), "{version} {sigalgs}:\n{}", h.output);
+        assert_eq!(subject_cn(&h), cn, "{version} {sigalgs}: {}", h.subject);
+    }
+    for host in ["a.example.com", "b.example.com", "c.example.com"] {
+        let r = curl_https(addr, host, None, "/", ca, &[]).unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
+}

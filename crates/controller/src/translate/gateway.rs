@@ -299,7 +299,12 @@ fn gateway_listeners<'a>(
                 });
                 let index = input.listeners.len() - 1;
                 for cert in certs {
-                    input.certificates.push(CertInput { listener: index, host: hostname.clone(), cert });
+                    input.certificates.push(CertInput {
+                        listener: index,
+                        host: hostname.clone(),
+                        names: tls::names(&cert),
+                        cert,
+                    });
                 }
                 Some(index)
             }

@@ -130,6 +130,7 @@ pub(super) fn translate(
                     listener: https,
                     host: host.clone(),
                     cert: cert.clone(),
+                    names: super::tls::names(cert),
                 });
             }
             listeners.push(https);

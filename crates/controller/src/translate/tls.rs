@@ -106,6 +106,16 @@ pub(super) fn covers(cert: &Certificate, host: &sluice_model::HostPattern) -> bo
     }
 }
 
+/// The certificate's DNS subjectAltNames as host patterns (a TLS wildcard
+/// covers one label), parsed once here so that a handshake choosing among
+/// several certificates compares names, never DER.
+pub(super) fn names(cert: &Certificate) -> Vec<sluice_model::HostPattern> {
+    let Some(der) = cert.cert.first() else { return Vec::new() };
+    webpki::EndEntityCert::try_from(der)
+        .map(|ee| ee.valid_dns_names().map(|n| sluice_model::HostPattern::ingress(Some(n))).collect())
+        .unwrap_or_default()
+}
+
 /// The warning for a certificate that does not cover a hostname.
 pub(super) fn uncovered(ns: &str, secret: &str, host: &sluice_model::HostPattern) -> String {
     format!("the certificate in Secret {ns}/{secret} does not cover {host}: clients that check names will refuse it")

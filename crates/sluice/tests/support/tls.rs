@@ -59,6 +59,23 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).expect("signing the leaf");
         Leaf { cert: cert.pem(), key: key.serialize_pem(), der: cert.der().to_vec() }
     }
+
+    /// [`TestCa::leaf`] with an RSA 2048 key (made by `openssl genpkey`:
+    /// ring signs with RSA keys but does not make them).
+    pub fn leaf_rsa(&self, cn: &str, sans: &[&str]) -> Leaf {
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .output()
+            .expect("running openssl genpkey");
+        assert!(out.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&out.stderr));
+        let pem = String::from_utf8(out.stdout).expect("PEM is text");
+        let key = KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("RSA key");
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).expect("signing the leaf");
+        Leaf { cert: cert.pem(), key: pem, der: cert.der().to_vec() }
+    }
 }
 
 /// A `kubernetes.io/tls` Secret holding `leaf`.
