@@ -1,21 +1,25 @@
-//! Plain (cleartext) connections that cost little while idle.
+//! HTTP/1.1 connections that cost little while idle.
 //!
 //! hyper keeps a connection's state, its read buffer (8 KiB) and its write
 //! buffer (8 KiB) for as long as the connection lives, idle keep-alive time
-//! included. Here a plain connection holds only its socket while it has
-//! nothing to do:
+//! included. Here a plain connection holds only its socket (a TLS one its
+//! socket and its TLS session) while it has nothing to do:
 //!
 //! - a fresh connection waits for its first bytes before anything else is
 //!   allocated; those bytes pick the protocol: the h2 preface means h2c
 //!   prior knowledge (served by the HTTP/2 builder, never parked), anything
 //!   else HTTP/1.1. When the bytes that arrived are too few to tell, the
-//!   sniffing `auto` builder serves the connection as before;
+//!   sniffing `auto` builder serves the connection as before. A TLS
+//!   connection (ALPN `http/1.1`) is served at once: its first request may
+//!   already sit decrypted in the TLS session, where no socket peek sees it;
 //! - an HTTP/1.1 connection that has been idle for [`PARK_AFTER`] (no
 //!   request open, no request body left to read, its response written and
 //!   flushed, the next read pending, no bytes received since the last request
 //!   started) is taken apart with hyper's `into_parts`, which hands back the
 //!   socket and any bytes read ahead; the connection is "parked" until the
-//!   socket is readable again, then served by a new hyper connection. The
+//!   socket is readable again, then served by a new hyper connection. (When
+//!   the last read was pending, the TLS session held no decrypted bytes, so
+//!   for TLS too the socket is the place to wait.) The
 //!   check runs on a timer every [`PARK_AFTER`] per active connection, not
 //!   per request, so a busy connection pays nothing per request for it
 //!   beyond a few flag writes.
@@ -103,23 +107,50 @@ pub(crate) async fn watch<C: Future>(conn: C, drain: &Drain, shutdown: impl FnOn
     .await
 }
 
-/// What a plain connection turned out to need from the listener.
-pub(crate) enum Handoff {
+/// What a connection turned out to need from the listener.
+pub(crate) enum Handoff<S> {
     /// Served and closed here.
     Done,
     /// h2c prior knowledge: serve with the HTTP/2 builder.
-    H2(TcpStream),
+    H2(S),
     /// Too few bytes to tell: serve with the sniffing `auto` builder.
-    Sniff(TcpStream),
+    Sniff(S),
 }
 
-/// Serves a plain connection (see the module docs).
-pub(crate) async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, drain: &Drain) -> Handoff {
+/// A connection's stream, and the TCP socket under it (where a parked
+/// connection waits for bytes).
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// How a fresh connection starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fresh {
+    /// Plain: wait for the first bytes, which pick the protocol.
+    Sniff,
+    /// HTTP/1.1 already agreed (TLS ALPN): serve at once.
+    Http1,
+}
+
+/// Serves an HTTP/1.1 connection (see the module docs).
+pub(crate) async fn serve<S: Socket>(ctx: Arc<ConnCtx>, stream: S, drain: &Drain, fresh: Fresh) -> Handoff<S> {
     let act = Arc::new(Activity::default());
     let mut io = Tracked { stream, ahead: Bytes::new(), act: act.clone() };
     let mut first = true;
     loop {
-        if io.ahead.is_empty() {
+        if io.ahead.is_empty() && !(first && fresh == Fresh::Http1) {
             // Counted from the first park on (fresh connections are not).
             let _parked = (!first).then(|| Parked::new(&ctx.shared.metrics.downstream_connections_parked));
             // Parked (or fresh): nothing but the socket until bytes arrive.
@@ -129,7 +160,7 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, drain: &Drain) -
             let peeked = tokio::select! {
                 biased;
                 () = drain.started() => None,
-                r = tokio::time::timeout(IDLE_TIMEOUT, io.stream.peek(&mut buf)) => match r {
+                r = tokio::time::timeout(IDLE_TIMEOUT, io.stream.tcp().peek(&mut buf)) => match r {
                     Ok(Ok(n)) if n > 0 => Some(n),
                     Ok(Ok(_)) => None,
                     Ok(Err(error)) => {
@@ -143,7 +174,7 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream, drain: &Drain) -
                 trace!("idle: closed while waiting for bytes");
                 return Handoff::Done;
             };
-            if first {
+            if first && fresh == Fresh::Sniff {
                 match sniff(&buf[..n]) {
                     Sniffed::Http1 => {}
                     Sniffed::H2 => return Handoff::H2(io.stream),
@@ -327,15 +358,15 @@ impl Body for OpenBody {
     }
 }
 
-/// The socket of a plain HTTP/1.1 connection: records what the idle check
-/// needs and replays bytes read ahead by an earlier hyper connection.
-struct Tracked {
-    stream: TcpStream,
+/// The stream of an HTTP/1.1 connection: records what the idle check needs
+/// and replays bytes read ahead by an earlier hyper connection.
+struct Tracked<S> {
+    stream: S,
     ahead: Bytes,
     act: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.ahead.is_empty() {
@@ -353,7 +384,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.act.unflushed.store(true, Relaxed);

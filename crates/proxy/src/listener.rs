@@ -24,7 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument as _, debug, debug_span, info, warn};
 
 use crate::coalesce::Coalesce;
-use crate::idle::{self, Drain, Handoff};
+use crate::idle::{self, Drain, Fresh, Handoff};
 use crate::observe::ObservedBody;
 use crate::server::{self, ConnCtx, Shared};
 use crate::tls::TlsSocket;
@@ -212,7 +212,7 @@ async fn accept_loop(
                                 // only what `idle::serve` holds.
                                 None => {
                                     let ctx = Arc::new(ctx);
-                                    match idle::serve(ctx.clone(), stream, &drain).await {
+                                    match idle::serve(ctx.clone(), stream, &drain, Fresh::Sniff).await {
                                         Handoff::Done => {}
                                         Handoff::H2(stream) => {
                                             Box::pin(serve_connection(ctx, stream, &drain, Proto::H2)).await;
@@ -222,15 +222,29 @@ async fn accept_loop(
                                         }
                                     }
                                 }
+                                // TLS: the handshake, and then the connection,
+                                // each in its own box, so that the task holds
+                                // only what the current stage needs (an idle
+                                // HTTP/1.1 connection: its TLS session).
                                 Some(tls) => {
-                                    Box::pin(async move {
-                                        if let Some(accepted) = tls.accept(stream).await {
-                                            ctx.sni = accepted.sni;
-                                            let proto = Proto::from_alpn(accepted.stream.get_ref().1.alpn_protocol());
-                                            serve_connection(Arc::new(ctx), accepted.stream, &drain, proto).await;
+                                    if let Some(accepted) = Box::pin(tls.accept(stream)).await {
+                                        ctx.sni = accepted.sni;
+                                        let proto = Proto::from_alpn(accepted.stream.get_ref().1.alpn_protocol());
+                                        let ctx = Arc::new(ctx);
+                                        if proto == Proto::Http1 {
+                                            // Parked when idle, as plain HTTP/1.1 is.
+                                            let fresh = Fresh::Http1;
+                                            match Box::pin(idle::serve(ctx.clone(), accepted.stream, &drain, fresh)).await
+                                            {
+                                                Handoff::Done => {}
+                                                Handoff::H2(s) | Handoff::Sniff(s) => {
+                                                    Box::pin(serve_connection(ctx, s, &drain, Proto::Sniff)).await;
+                                                }
+                                            }
+                                        } else {
+                                            Box::pin(serve_connection(ctx, accepted.stream, &drain, proto)).await;
                                         }
-                                    })
-                                    .await;
+                                    }
                                 }
                             }
                             drop(gauge);
