@@ -15,6 +15,7 @@ nginx and HAProxy; forced from the client for h2load), X25519:
   full TLS 1.3 handshake, no request, no resumption (wrk cannot be used: it
   resumes sessions); Sluice's `sluice_tls_handshakes_total{result="resumed"}`
   is read after the run to confirm 0.
+- idle memory: RSS growth per idle TLS keep-alive connection (`--idle-conns`).
 
 Same rules as loadtests/run.py (whose helpers this imports): loopback only,
 proxy pinned to core 0 with one worker, load generator and backend (nginx
@@ -259,6 +260,36 @@ def s_time_handshakes(port: int, duration: float, procs: int) -> dict:
     return {"rps": total / wall, "handshakes": total, "wall_s": wall, "failed": 0, "cpu": cpu}
 
 
+def idle_memory(name: str, pid: int, port: int, conns: int) -> dict:
+    """RSS growth per idle TLS keep-alive connection: `conns` TLS 1.3
+    connections (ALPN http/1.1, one request each, then left open and idle),
+    RSS of the process tree before and 6 s after (long enough for Sluice to
+    park them). The client runs in this process, so it holds no core."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    time.sleep(2)
+    before = base.memory_kb(pid)[0]
+    socks = []
+    try:
+        for _ in range(conns):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=HOST)
+            s.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            if not s.recv(4096).startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"{name}: idle-memory request not answered 200")
+            socks.append(s)
+        time.sleep(6)
+        after = base.memory_kb(pid)[0]
+    finally:
+        for s in socks:
+            s.close()
+    return {"conns": conns, "rss_before_kb": before, "rss_after_kb": after,
+            "kb_per_conn": (after - before) / conns}
+
+
 def sluice_metric(result: str) -> int:
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['sluice-admin']}/metrics", timeout=5).read().decode()
@@ -276,10 +307,12 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=3)
     ap.add_argument("--key", choices=["rsa2048", "ecdsa-p256"], default="rsa2048")
     ap.add_argument("--handshake-procs", type=int, default=8, help="parallel `openssl s_time -new` clients")
+    ap.add_argument("--idle-conns", type=int, default=2000, help="idle TLS connections for the memory case (0: skip)")
     ap.add_argument("--wait-quiet", type=float, default=300, help="seconds to wait for load average < 0.7")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", default=str(base.HERE / "results"))
     args = ap.parse_args()
+    base._raise_nofile()  # the idle-memory case holds thousands of sockets
     proxies = args.proxies.split(",")
     for tool in ("h2load", "nginx", "openssl", "taskset", "curl") + (("haproxy",) if "haproxy" in proxies else ()):
         if shutil.which(tool) is None:
@@ -317,6 +350,13 @@ def main() -> int:
             results["cases"][case] = {
                 n: {"rounds": rs, "rps": base.summarize([x["rps"] for x in rs])} for n, rs in rounds.items()
             }
+        if args.idle_conns > 0:
+            results["idle_memory"] = {}
+            for p in procs:
+                base.settle()
+                m = idle_memory(p.name, p.proc.pid, PORTS[p.name], args.idle_conns)
+                results["idle_memory"][p.name] = m
+                base.log(f"  idle TLS memory {p.name}: {m['kb_per_conn']:.1f} kB per connection")
         if "sluice" in proxies:
             results["sluice_handshakes"] = {
             k: sluice_metric(k) for k in ("ok", "resumed", "closed", "error", "no_certificate")
@@ -362,6 +402,15 @@ def report(r: dict, stamp: str) -> str:
             else:
                 fail_txt = "—"
             lines.append(f"| {name} | {s['median']:.0f} | {s['min']:.0f}–{s['max']:.0f} | {ratio} | {fail_txt} |")
+        lines.append("")
+    if r.get("idle_memory"):
+        n = next(iter(r["idle_memory"].values()))["conns"]
+        lines += [f"## Memory per idle TLS connection ({n} TLS 1.3 keep-alive connections, ALPN http/1.1, "
+                  "one request each, RSS 6 s later)", "", "| proxy | RSS before | RSS after | per connection |",
+                  "|---|---|---|---|"]
+        for name, m in r["idle_memory"].items():
+            lines.append(f"| {name} | {m['rss_before_kb'] / 1024:.1f} MB | {m['rss_after_kb'] / 1024:.1f} MB | "
+                         f"{m['kb_per_conn']:.1f} kB |")
         lines.append("")
     if "sluice_handshakes" in r:
         lines += [f"Sluice `sluice_tls_handshakes_total` after the run: {r['sluice_handshakes']}. "
