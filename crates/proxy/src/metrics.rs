@@ -44,8 +44,8 @@ pub struct Metrics {
     upstream_timeouts: IntCounterVec,
     /// Open client connections per listener port.
     pub downstream_connections: IntGaugeVec,
-    /// Plain client connections that are idle and hold no HTTP state
-    /// (parked, see `idle.rs`), included in `downstream_connections`.
+    /// HTTP/1.1 client connections (plain or TLS) that are idle and hold no
+    /// HTTP state (parked, see `idle.rs`), included in `downstream_connections`.
     pub downstream_connections_parked: IntGauge,
     /// Open connections to upstream endpoints.
     pub upstream_connections: IntGauge,
@@ -143,7 +143,7 @@ impl Metrics {
         )?;
         let downstream_connections_parked = IntGauge::new(
             "sluice_downstream_connections_parked",
-            "Idle plain client connections holding no HTTP state (socket only) until the client sends again.",
+            "Idle HTTP/1.1 client connections (plain or TLS) holding no HTTP state (socket and TLS session only) until the client sends again.",
         )?;
         let upstream_connections =
             IntGauge::new("sluice_upstream_connections", "Open connections to upstream endpoints (pooled or busy).")?;
