@@ -260,19 +260,33 @@ def s_time_handshakes(port: int, duration: float, procs: int) -> dict:
     return {"rps": total / wall, "handshakes": total, "wall_s": wall, "failed": 0, "cpu": cpu}
 
 
+def settled_rss(pid: int, limit: float = 20.0) -> int:
+    """RSS (kB) of `pid`'s tree once three readings 1 s apart agree within
+    1 % (bounded by `limit` seconds; the last reading then)."""
+    readings = [base.memory_kb(pid)[0]]
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        readings.append(base.memory_kb(pid)[0])
+        last = readings[-3:]
+        if len(last) == 3 and max(last) - min(last) <= 0.01 * max(last):
+            break
+    return readings[-1]
+
+
 def idle_memory(name: str, pid: int, port: int, conns: int) -> dict:
     """RSS growth per idle TLS keep-alive connection: `conns` TLS 1.3
     connections (ALPN http/1.1, one request each, then left open and idle),
-    RSS of the process tree before and 6 s after (long enough for Sluice to
-    park them). The client runs in this process, so it holds no core."""
+    RSS of the process tree before and once it has settled again (Sluice
+    parks idle connections after 250-500 ms and returns freed memory within
+    ~3 s). The client runs in this process, so it holds no core."""
     import socket
     import ssl
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["http/1.1"])
-    time.sleep(2)
-    before = base.memory_kb(pid)[0]
+    before = settled_rss(pid)
     socks = []
     try:
         for _ in range(conns):
@@ -281,8 +295,7 @@ def idle_memory(name: str, pid: int, port: int, conns: int) -> dict:
             if not s.recv(4096).startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"{name}: idle-memory request not answered 200")
             socks.append(s)
-        time.sleep(6)
-        after = base.memory_kb(pid)[0]
+        after = settled_rss(pid)
     finally:
         for s in socks:
             s.close()
@@ -406,7 +419,7 @@ def report(r: dict, stamp: str) -> str:
     if r.get("idle_memory"):
         n = next(iter(r["idle_memory"].values()))["conns"]
         lines += [f"## Memory per idle TLS connection ({n} TLS 1.3 keep-alive connections, ALPN http/1.1, "
-                  "one request each, RSS 6 s later)", "", "| proxy | RSS before | RSS after | per connection |",
+                  "one request each, RSS once settled)", "", "| proxy | RSS before | RSS after | per connection |",
                   "|---|---|---|---|"]
         for name, m in r["idle_memory"].items():
             lines.append(f"| {name} | {m['rss_before_kb'] / 1024:.1f} MB | {m['rss_after_kb'] / 1024:.1f} MB | "

@@ -84,8 +84,10 @@ measure() { # peer case n
   local pid=$!
   for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:$((PB + 80))/ && break; sleep 0.2; done
   load "$2" "$3"
-  sleep 1
-  kill -INT $pid 2>/dev/null; sleep 0.5; kill -TERM $pid 2>/dev/null; wait $pid
+  # Stop and wait for callgrind to write its file (TERM only if INT is ignored).
+  kill -INT $pid 2>/dev/null
+  for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+  kill -TERM $pid 2>/dev/null; wait $pid
   grep -h "^summary\|^totals" "$W/$1-$2-$3.out" | head -1 | awk '{print $2}'
 }
 echo "peer case instructions@300 instructions@$((300 + N)) per_request"

@@ -237,6 +237,8 @@ async fn accept_loop(
                                             match Box::pin(idle::serve(ctx.clone(), accepted.stream, &drain, fresh)).await
                                             {
                                                 Handoff::Done => {}
+                                                // Not returned for `Fresh::Http1` (no sniffing);
+                                                // served as the auto builder would, all the same.
                                                 Handoff::H2(s) | Handoff::Sniff(s) => {
                                                     Box::pin(serve_connection(ctx, s, &drain, Proto::Sniff)).await;
                                                 }

@@ -14,10 +14,6 @@ use std::time::Duration;
 
 use support::{Echo, Req, Sluice, TempDir, curl_retry, prefix_rule, require_curl, web_config};
 
-/// Longer than twice the parking period (250 ms): a connection idle this
-/// long would have been parked, had it been parkable.
-const IDLE: Duration = Duration::from_millis(800);
-
 struct Setup {
     _echo: Echo,
     sluice: Sluice,
@@ -80,16 +76,6 @@ fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
     }
 }
 
-/// Waits until `n` client connections are parked (their hyper state dropped).
-fn wait_parked(sluice: &Sluice, n: u32, what: &str) {
-    let line = format!("sluice_downstream_connections_parked {n}");
-    let parked = support::wait_until(Duration::from_secs(5), || {
-        let (_, metrics) = sluice.admin_get("/metrics")?;
-        metrics.lines().any(|l| l == line).then_some(())
-    });
-    assert!(parked.is_some(), "{what}: never {n} parked connection(s)");
-}
-
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
 }
@@ -105,7 +91,7 @@ fn idle_keep_alive_connection_serves_again_after_parking() {
         assert_eq!(status, 200, "round {round}: {body}");
         assert!(body.contains(&format!("/round-{round}")), "round {round} reached the backend: {body}");
         // The only client connection parks (its hyper state is dropped).
-        wait_parked(&t.sluice, 1, &format!("round {round}"));
+        t.sluice.wait_parked(1, &format!("round {round}"));
     }
     // A request with a body on the same connection, after idling.
     let post = "POST /form HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\n\r\nhello";
@@ -123,10 +109,18 @@ fn partial_request_head_survives_idle_time() {
     // Idle first, then half a request head, idle again, then the rest.
     s.write_all(get("/first").as_bytes()).expect("write");
     assert_eq!(read_response(&mut s, &mut pending).0, 200);
-    wait_parked(&t.sluice, 1, "after the first request");
+    t.sluice.wait_parked(1, "after the first request");
     s.write_all(b"GET /split-head HTTP/1.1\r\nHost: app.exa").expect("write");
-    // Deliberately idle with half a head: long enough to park, which it must not.
-    std::thread::sleep(IDLE);
+    // Idle with half a head through at least one parking check: once the
+    // connection has woken (no parked connection left), a second connection,
+    // idle for less time than the first, parking shows that a check has
+    // come and gone for the first too.
+    t.sluice.wait_parked(0, "woken by half a request head");
+    let mut control = connect(t.addr);
+    let mut control_pending = Vec::new();
+    control.write_all(get("/control").as_bytes()).expect("write");
+    assert_eq!(read_response(&mut control, &mut control_pending).0, 200);
+    t.sluice.wait_parked(1, "the control connection");
     s.write_all(b"mple.com\r\nX-Late: yes\r\n\r\n").expect("write");
     let (status, body) = read_response(&mut s, &mut pending);
     assert_eq!(status, 200, "{body}");
@@ -143,7 +137,7 @@ fn pipelined_requests_after_idle_time_are_answered_in_order() {
     let mut pending = Vec::new();
     s.write_all(get("/first").as_bytes()).expect("write");
     assert_eq!(read_response(&mut s, &mut pending).0, 200);
-    wait_parked(&t.sluice, 1, "before the pipelined requests");
+    t.sluice.wait_parked(1, "before the pipelined requests");
     s.write_all(format!("{}{}{}", get("/p1"), get("/p2"), get("/p3")).as_bytes()).expect("write");
     for p in ["/p1", "/p2", "/p3"] {
         let (status, body) = read_response(&mut s, &mut pending);
@@ -181,7 +175,7 @@ fn sigterm_closes_idle_connections_and_exits_zero() {
     parked.write_all(get("/first").as_bytes()).expect("write");
     assert_eq!(read_response(&mut parked, &mut pending).0, 200);
     let fresh = connect(t.addr);
-    wait_parked(&t.sluice, 1, "before SIGTERM");
+    t.sluice.wait_parked(1, "before SIGTERM");
     t.sluice.terminate();
     let mut buf = [0u8; 64];
     for (name, mut s) in [("parked", parked), ("fresh", fresh)] {

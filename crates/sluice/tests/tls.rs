@@ -795,19 +795,6 @@ spec:
     }
 }
 
-fn parked(sluice: &Sluice) -> u64 {
-    let (_, body) = sluice.admin_get("/metrics").expect("admin /metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix("sluice_downstream_connections_parked "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn wait_parked(sluice: &Sluice, n: u64, what: &str) {
-    let got = wait_until(Duration::from_secs(5), || Some(parked(sluice)).filter(|&v| v == n));
-    assert!(got.is_some(), "{what}: parked connections never {n} (now {})", parked(sluice));
-}
-
 /// An idle HTTP/1.1 keep-alive connection over TLS drops its hyper state
 /// and buffers (parked, as plain HTTP/1.1 connections are) and keeps only
 /// its TLS session; its next requests are served as before, several
@@ -829,13 +816,13 @@ fn idle_tls_http1_connections_are_parked_and_serve_again() {
             assert_eq!(get(&mut a, "a.test", &format!("/a{round}")).await, Ok(200), "round {round}");
             assert_eq!(get(&mut b, "a.test", &format!("/b{round}")).await, Ok(200), "round {round}");
             let sluice = &env.sluice;
-            tokio::task::block_in_place(|| wait_parked(sluice, 2, &format!("round {round}")));
+            tokio::task::block_in_place(|| sluice.wait_parked(2, &format!("round {round}")));
         }
         // A TLS 1.2 connection parks too.
         let mut c =
             connect(addr, "a.test", &client_config(&env.ca.pem_path, true)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(get(&mut c, "a.test", "/c").await, Ok(200));
-        tokio::task::block_in_place(|| wait_parked(&env.sluice, 3, "with TLS 1.2"));
+        tokio::task::block_in_place(|| env.sluice.wait_parked(3, "with TLS 1.2"));
         assert_eq!(get(&mut c, "a.test", "/c2").await, Ok(200));
     });
 }

@@ -489,6 +489,22 @@ impl Sluice {
         raw_get(self.admin, path)
     }
 
+    /// `sluice_downstream_connections_parked`: idle HTTP/1.1 client
+    /// connections holding no HTTP state (0 when unreadable).
+    pub fn parked(&self) -> u64 {
+        self.admin_get("/metrics")
+            .and_then(|(_, body)| {
+                body.lines().find_map(|l| l.strip_prefix("sluice_downstream_connections_parked ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 5 s) until exactly `n` client connections are parked.
+    pub fn wait_parked(&self, n: u64, what: &str) {
+        let got = wait_until(Duration::from_secs(5), || Some(self.parked()).filter(|&v| v == n));
+        assert!(got.is_some(), "{what}: parked connections never {n} (now {})", self.parked());
+    }
+
     /// `/config`: (generation, body).
     pub fn config_dump(&self) -> (u64, String) {
         let (status, body) = self.admin_get("/config?format=text").expect("admin /config reachable");
